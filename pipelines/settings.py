@@ -1,0 +1,119 @@
+"""riskstream's settings: small frozen, typed objects read from ``RISKSTREAM_*`` variables.
+
+Secrets (the PII key, webhook URLs) are ``SecretStr``: never printed, never logged.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_KAFKA_", frozen=True)
+
+    # None: riskstream starts the embedded Tansu broker itself (pipelines/broker.py).
+    bootstrap: str | None = None
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    # Tansu needs 6-10 s: Faust's default makes every start and rebalance wait ~30 s (DESIGN.md).
+    session_timeout_s: float = 8.0
+    # Batch read size of the confluent-kafka loops (validation gateway, sink).
+    consume_batch: int = Field(2000, ge=1)
+
+
+class ValidationSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_VALIDATION_", frozen=True)
+
+    max_message_bytes: int = 64 * 1024
+    # Events older than this (event time against the wall clock at validation) are rejected
+    # as `stale`; 7 days covers delayed batch uploads, anything older is a producer bug.
+    max_age_s: int = 7 * 24 * 3600
+    max_future_s: int = 300
+    dedup_ttl_s: int = 24 * 3600
+    # Events per message on the validated-* topics.
+    batch_events: int = Field(500, ge=1)
+
+
+class PiiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_PII_", frozen=True)
+
+    # HMAC-SHA256 key for SSNs, names and addresses. Unset: a development key is used and a loud
+    # warning logged at every start (schemas/pii.py).
+    hmac_key: SecretStr | None = None
+
+
+class LakeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_LAKE_", frozen=True)
+
+    path: Path = Path("var/lake")
+    # A sink flushes when a table's buffer holds this many rows or is this old.
+    flush_rows: int = Field(50_000, ge=1)
+    flush_interval_s: float = Field(5.0, gt=0)
+
+
+class ModelSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_MODEL_", frozen=True)
+
+    seed: int = 42
+    # Scored events wait this long for a label before they are learned as genuine.
+    label_ttl_s: int = 30 * 24 * 3600
+    # Metric samples scoring above this are published on metric-anomalies.
+    anomaly_threshold: float = Field(0.9, ge=0, le=1)
+    window_size_ms: int = 60_000
+    window_grace_ms: int = 10_000
+
+
+class AlertSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_ALERT_", frozen=True)
+
+    score_threshold: float = Field(0.9, ge=0, le=1)
+    webhook_url: SecretStr | None = None
+    timeout_s: float = 5.0
+    max_attempts: int = Field(5, ge=1)
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_", frozen=True)
+
+    # Where the status page and metrics endpoints bind. Loopback by default: exposing them is
+    # an explicit choice.
+    bind_host: str = "127.0.0.1"
+    status_port: int = 8686
+    log_level: str = "INFO"
+    state_dir: Path = Path("var/state")
+
+
+class Settings:
+    """All settings groups; each is read from the environment on first use."""
+
+    @cached_property
+    def kafka(self) -> KafkaSettings:
+        return KafkaSettings()
+
+    @cached_property
+    def validation(self) -> ValidationSettings:
+        return ValidationSettings()
+
+    @cached_property
+    def pii(self) -> PiiSettings:
+        return PiiSettings()
+
+    @cached_property
+    def lake(self) -> LakeSettings:
+        return LakeSettings()
+
+    @cached_property
+    def model(self) -> ModelSettings:
+        return ModelSettings()
+
+    @cached_property
+    def alert(self) -> AlertSettings:
+        return AlertSettings()
+
+    @cached_property
+    def service(self) -> ServiceSettings:
+        return ServiceSettings()

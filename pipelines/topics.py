@@ -1,0 +1,48 @@
+"""Topic names, in one place. Every arrow of DESIGN.md's data flow is one of these."""
+
+from typing import Literal
+
+Stream = Literal["transactions", "applications", "system-metrics", "labels"]
+
+TRANSACTIONS = "transactions"
+APPLICATIONS = "applications"
+SYSTEM_METRICS = "system-metrics"
+LABELS = "labels"
+INPUT_TOPICS: tuple[str, ...] = (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS, LABELS)
+
+DEAD_LETTER = "dead-letter"
+
+# Internal: validated events travel in small batches (a JSON array per message, all events of
+# one message from one input partition, in offset order). Faust's cost is per Kafka message
+# (DESIGN.md), so batching here is what lets the scoring agents keep up.
+VALIDATED = {stream: f"validated-{stream}" for stream in INPUT_TOPICS}
+
+SCORED_TRANSACTIONS = "scored-transactions"
+SCORED_APPLICATIONS = "scored-applications"
+METRIC_SAMPLES = "metric-samples"
+METRIC_ANOMALIES = "metric-anomalies"
+AGGREGATES = "aggregates"
+ALERTS = "alerts"
+
+OUTPUT_TOPICS: tuple[str, ...] = (
+    SCORED_TRANSACTIONS,
+    SCORED_APPLICATIONS,
+    METRIC_SAMPLES,
+    METRIC_ANOMALIES,
+    AGGREGATES,
+    ALERTS,
+    DEAD_LETTER,
+)
+
+ALL_TOPICS: tuple[str, ...] = INPUT_TOPICS + tuple(VALIDATED.values()) + OUTPUT_TOPICS
+
+# Output topic -> lake / SQL table name.
+TABLE_OF_TOPIC = {
+    SCORED_TRANSACTIONS: "scored_transactions",
+    SCORED_APPLICATIONS: "scored_applications",
+    METRIC_SAMPLES: "metric_samples",
+    METRIC_ANOMALIES: "metric_anomalies",
+    AGGREGATES: "aggregates",
+    ALERTS: "alerts",
+    DEAD_LETTER: "dead_letter",
+}
