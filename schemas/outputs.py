@@ -1,0 +1,152 @@
+"""The output tables: one Arrow schema per output topic, the contract of the lake and of SQL.
+
+Records on output topics are JSON objects, one per Kafka message, whose keys are exactly a
+table's columns; times travel as int milliseconds since the epoch (UTC) and are stored as
+``timestamp[ms, UTC]``. ``TIME_COLUMN`` names the column that places a row in the lake's
+``date=/hour=`` partitions.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pipelines.topics import (
+    AGGREGATES, ALERTS, DEAD_LETTER, METRIC_ANOMALIES, METRIC_SAMPLES, SCORED_APPLICATIONS,
+    SCORED_TRANSACTIONS, TABLE_OF_TOPIC,
+)
+
+TS = pa.timestamp("ms", tz="UTC")
+STR = pa.string()
+F64 = pa.float64()
+I64 = pa.int64()
+
+_SCORING = [
+    pa.field("score", F64, nullable=False),
+    pa.field("decision", STR, nullable=False),  # approve | review | decline
+    pa.field("reasons", pa.list_(STR)),
+    pa.field("model_version", STR),
+    pa.field("scored_at", TS, nullable=False),
+]
+
+SCORED_TRANSACTION = pa.schema([
+    pa.field("event_id", STR, nullable=False),
+    pa.field("event_time", TS, nullable=False),
+    pa.field("card_id", STR, nullable=False),
+    pa.field("account_id", STR),
+    pa.field("merchant_id", STR),
+    pa.field("mcc", STR),
+    pa.field("amount", F64),
+    pa.field("currency", STR),
+    pa.field("channel", STR),
+    pa.field("country", STR),
+    pa.field("status", STR),
+    pa.field("device_id", STR),
+    pa.field("ip", STR),
+    *_SCORING,
+])
+
+SCORED_APPLICATION = pa.schema([
+    pa.field("event_id", STR, nullable=False),
+    pa.field("event_time", TS, nullable=False),
+    pa.field("applicant_id", STR, nullable=False),
+    # PII leaves validation only as keyed hashes and masks (schemas/pii.py).
+    pa.field("ssn_hash", STR),
+    pa.field("ssn_masked", STR),
+    pa.field("name_hash", STR),
+    pa.field("name_masked", STR),
+    pa.field("address_hash", STR),
+    pa.field("postal_code", STR),
+    pa.field("birth_year", I64),
+    pa.field("age_years", I64),
+    pa.field("income", F64),
+    pa.field("employment", STR),
+    pa.field("employer", STR),
+    pa.field("requested_amount", F64),
+    pa.field("product", STR),
+    pa.field("device_id", STR),
+    pa.field("ip", STR),
+    pa.field("email_domain", STR),
+    *_SCORING,
+])
+
+METRIC_SAMPLE = pa.schema([
+    pa.field("event_id", STR, nullable=False),
+    pa.field("event_time", TS, nullable=False),
+    pa.field("host", STR, nullable=False),
+    pa.field("service", STR),
+    pa.field("metric", STR, nullable=False),
+    pa.field("value", F64),
+    pa.field("score", F64, nullable=False),
+    pa.field("expected", F64),
+    pa.field("lower", F64),
+    pa.field("upper", F64),
+    pa.field("reason", STR),  # spike | level_shift | out_of_range | stuck | drift | null
+    pa.field("scored_at", TS, nullable=False),
+])
+
+AGGREGATE = pa.schema([
+    pa.field("aggregate_id", STR, nullable=False),  # f"{stream}:{group_key}:{window_start}"
+    pa.field("stream", STR, nullable=False),
+    pa.field("group_key", STR, nullable=False),     # merchant_id, or f"{host}/{metric}"
+    pa.field("window_start", TS, nullable=False),
+    pa.field("window_end", TS, nullable=False),
+    pa.field("count", I64, nullable=False),
+    pa.field("sum", F64),
+    pa.field("min", F64),
+    pa.field("max", F64),
+    pa.field("mean", F64),
+    pa.field("score_mean", F64),
+    pa.field("score_max", F64),
+    pa.field("flagged", I64),                       # events scored at or above the alert threshold
+    pa.field("emitted_at", TS, nullable=False),
+])
+
+ALERT = pa.schema([
+    pa.field("alert_id", STR, nullable=False),      # deterministic: the same input gives the same id
+    pa.field("rule", STR, nullable=False),
+    pa.field("severity", STR, nullable=False),
+    pa.field("stream", STR, nullable=False),
+    pa.field("entity", STR),                        # card_id, applicant_id, host/metric
+    pa.field("event_id", STR),
+    pa.field("event_time", TS),
+    pa.field("value", F64),
+    pa.field("threshold", F64),
+    pa.field("summary", STR),
+    pa.field("created_at", TS, nullable=False),
+])
+
+DEAD_LETTER_RECORD = pa.schema([
+    pa.field("source_topic", STR, nullable=False),
+    pa.field("source_partition", pa.int32()),
+    pa.field("source_offset", I64),
+    pa.field("key", STR),
+    pa.field("kind", STR, nullable=False),          # invalid_json | oversize | schema | stale | future | duplicate | undeliverable
+    pa.field("reason", STR, nullable=False),
+    pa.field("event_id", STR),
+    pa.field("original", STR),                      # the message as received, PII redacted
+    pa.field("received_at", TS, nullable=False),
+])
+
+SCHEMA_OF_TOPIC: dict[str, pa.Schema] = {
+    SCORED_TRANSACTIONS: SCORED_TRANSACTION,
+    SCORED_APPLICATIONS: SCORED_APPLICATION,
+    METRIC_SAMPLES: METRIC_SAMPLE,
+    METRIC_ANOMALIES: METRIC_SAMPLE,
+    AGGREGATES: AGGREGATE,
+    ALERTS: ALERT,
+    DEAD_LETTER: DEAD_LETTER_RECORD,
+}
+
+TIME_COLUMN: dict[str, str] = {
+    SCORED_TRANSACTIONS: "event_time",
+    SCORED_APPLICATIONS: "event_time",
+    METRIC_SAMPLES: "event_time",
+    METRIC_ANOMALIES: "event_time",
+    AGGREGATES: "window_start",
+    ALERTS: "created_at",
+    DEAD_LETTER: "received_at",
+}
+
+SCHEMA_OF_TABLE: dict[str, pa.Schema] = {
+    TABLE_OF_TOPIC[topic]: schema for topic, schema in SCHEMA_OF_TOPIC.items()
+}
