@@ -83,6 +83,8 @@ class ServiceSettings(BaseSettings):
     # an explicit choice.
     bind_host: str = "127.0.0.1"
     status_port: int = 8686
+    # Prometheus endpoint of this process; `riskstream up` gives each process its own port.
+    metrics_port: int | None = None
     log_level: str = "INFO"
     state_dir: Path = Path("var/state")
 

@@ -1,0 +1,74 @@
+"""Tumbling event-time windows aggregated in memory, emitted when the watermark passes them.
+
+The watermark is the largest event time seen minus the grace period: an event for a window
+that is already closed is late, counted, and left out of the aggregate (its raw row is still
+in the lake). State is a plain dict of incremental aggregates (count, sum, min, max, score
+sum/max, flagged) per (group key, window start), never a list of events, and it serialises to
+JSON so the Faust agent can flush it to a table once per batch, not once per event.
+"""
+
+from __future__ import annotations
+
+
+class WindowAggregator:
+    def __init__(self, stream: str, *, window_size_ms: int = 60_000, grace_ms: int = 10_000,
+                 flag_threshold: float = 0.9) -> None:
+        self.stream = stream
+        self.window_size_ms = window_size_ms
+        self.grace_ms = grace_ms
+        self.flag_threshold = flag_threshold
+        # (group_key, window_start) -> [count, sum, min, max, score_sum, score_max, flagged]
+        self._windows: dict[tuple[str, int], list[float]] = {}
+        self._max_event_ms = 0
+        self.late = 0
+
+    @property
+    def watermark_ms(self) -> int:
+        return self._max_event_ms - self.grace_ms
+
+    def add(self, group_key: str, event_ms: int, value: float, score: float) -> bool:
+        """Add one event; False when it is late (its window already closed)."""
+        start = event_ms - event_ms % self.window_size_ms
+        if start + self.window_size_ms <= self.watermark_ms:
+            self.late += 1
+            return False
+        self._max_event_ms = max(self._max_event_ms, event_ms)
+        w = self._windows.get((group_key, start))
+        flagged = 1.0 if score >= self.flag_threshold else 0.0
+        if w is None:
+            self._windows[(group_key, start)] = [1, value, value, value, score, score, flagged]
+        else:
+            w[0] += 1
+            w[1] += value
+            w[2] = min(w[2], value)
+            w[3] = max(w[3], value)
+            w[4] += score
+            w[5] = max(w[5], score)
+            w[6] += flagged
+        return True
+
+    def pop_closed(self, emitted_at_ms: int, *, everything: bool = False) -> list[dict]:
+        """Remove and return the windows that end at or before the watermark."""
+        closed = [k for k in self._windows
+                  if everything or k[1] + self.window_size_ms <= self.watermark_ms]
+        out = []
+        for key in sorted(closed, key=lambda k: (k[1], k[0])):
+            count, total, lo, hi, score_sum, score_max, flagged = self._windows.pop(key)
+            group_key, start = key
+            out.append({
+                "aggregate_id": f"{self.stream}:{group_key}:{start}", "stream": self.stream,
+                "group_key": group_key, "window_start": start,
+                "window_end": start + self.window_size_ms, "count": int(count), "sum": total,
+                "min": lo, "max": hi, "mean": total / count, "score_mean": score_sum / count,
+                "score_max": score_max, "flagged": int(flagged), "emitted_at": emitted_at_ms,
+            })
+        return out
+
+    def to_state(self) -> dict:
+        return {"max_event_ms": self._max_event_ms, "late": self.late,
+                "windows": [[k, s, *v] for (k, s), v in self._windows.items()]}
+
+    def load_state(self, state: dict) -> None:
+        self._max_event_ms = state["max_event_ms"]
+        self.late = state["late"]
+        self._windows = {(row[0], row[1]): list(row[2:]) for row in state["windows"]}

@@ -1,0 +1,244 @@
+"""The Faust app: validated batches -> scoring, windows, alert rules -> output topics.
+
+``build_app(settings, bootstrap)`` wires it; there is no module-level App. Agents are thin:
+the models are plain Python in ``agents/``. Each agent message is a JSON array of events from
+one input partition (written by the validation gateway, which runs inside the worker as a
+Faust service), so Faust's per-message cost is paid once per batch.
+
+Outputs go out through one confluent-kafka producer, one JSON object per message (the stable
+output schemas of ``schemas/outputs.py``), flushed at the end of every batch: Faust acks the
+batch only after its outputs are acknowledged by the broker, and commits offsets after that.
+
+Window state is flushed to the ``window-state`` table once per batch (one value per input
+partition, not one write per event); the table's changelog follows the partition across
+rebalances and restarts, and the stored offset makes a replayed batch a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import faust
+import mode
+import orjson
+from confluent_kafka import Producer
+
+from agents.aggregate import WindowAggregator
+from agents.alerting import ScoreThresholdRule
+from agents.anomaly import MetricScorer
+from agents.fraud import ApplicationScorer, TransactionScorer
+from agents.validate import Gateway
+from pipelines import metrics
+from pipelines.kafka import producer_config
+from pipelines.settings import Settings
+from pipelines.topics import (
+    AGGREGATES, ALERTS, APPLICATIONS, LABELS, METRIC_ANOMALIES, METRIC_SAMPLES,
+    SCORED_APPLICATIONS, SCORED_TRANSACTIONS, SYSTEM_METRICS, TRANSACTIONS, VALIDATED,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Outputs:
+    """The worker's producer for output topics; ``flush`` raises if any delivery failed."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = Producer(producer_config(bootstrap))
+        self._error: Exception | None = None
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._error = RuntimeError(f"output delivery failed: {err}")
+
+    def send(self, topic: str, key: str | None, record: dict) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key.encode() if key else None,
+                                       value=orjson.dumps(record), on_delivery=self._delivered)
+                return
+            except BufferError:  # local queue full: let the broker catch up, never drop
+                self._producer.poll(0.1)
+
+    def flush(self) -> None:
+        while self._producer.flush(5.0):
+            log.warning("waiting for the broker to acknowledge outputs")
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+class Pipeline:
+    """The worker's state: scorers, window aggregators and rules, per stream."""
+
+    def __init__(self, settings: Settings, outputs: Outputs) -> None:
+        m, a = settings.model, settings.alert
+        self.outputs = outputs
+        self.transactions = TransactionScorer(seed=m.seed)
+        self.applications = ApplicationScorer(seed=m.seed)
+        self.metrics = MetricScorer(anomaly_threshold=m.anomaly_threshold)
+        self.anomaly_threshold = m.anomaly_threshold
+        self.rules = {
+            TRANSACTIONS: ScoreThresholdRule("transaction_score_high", TRANSACTIONS,
+                                             threshold=a.score_threshold, severity="warning"),
+            APPLICATIONS: ScoreThresholdRule("application_score_high", APPLICATIONS,
+                                             threshold=a.score_threshold, severity="warning"),
+            SYSTEM_METRICS: ScoreThresholdRule("metric_anomaly", SYSTEM_METRICS,
+                                               threshold=m.anomaly_threshold, severity="critical"),
+        }
+        self.window_size_ms, self.grace_ms = m.window_size_ms, m.window_grace_ms
+        self.flag_threshold = a.score_threshold
+        # (stream, partition) -> (aggregator, last applied input offset)
+        self.windows: dict[tuple[str, int], list] = {}
+
+    def aggregator(self, stream: str, partition: int, stored: dict | None) -> list:
+        entry = self.windows.get((stream, partition))
+        if entry is None:
+            agg = WindowAggregator(stream, window_size_ms=self.window_size_ms,
+                                   grace_ms=self.grace_ms, flag_threshold=self.flag_threshold)
+            offset = -1
+            if stored:
+                agg.load_state(stored["windows"])
+                offset = stored["offset"]
+            entry = self.windows[(stream, partition)] = [agg, offset]
+        return entry
+
+    def _alert(self, stream: str, record: dict, entity: str, now: int) -> None:
+        alert = self.rules[stream].evaluate(record, entity, now)
+        if alert is not None:
+            self.outputs.send(ALERTS, alert["alert_id"], alert)
+            metrics.ALERTS.labels(alert["rule"]).inc()
+
+    def score_batch(self, stream: str, events: list[dict], agg: WindowAggregator) -> None:
+        now = _now_ms()
+        for event in events:
+            if stream == TRANSACTIONS:
+                record = self.transactions.score_record(event, now)
+                self.outputs.send(SCORED_TRANSACTIONS, event["card_id"], _strip(record))
+                late = not agg.add(event["merchant_id"], event["event_time"], event["amount"],
+                                   record["score"])
+                self._alert(stream, record, event["card_id"], now)
+            elif stream == APPLICATIONS:
+                record = self.applications.score_record(event, now)
+                self.outputs.send(SCORED_APPLICATIONS, event["applicant_id"], _strip(record))
+                late = not agg.add(event["product"], event["event_time"],
+                                   event["requested_amount"], record["score"])
+                self._alert(stream, record, event["applicant_id"], now)
+            else:
+                record = self.metrics.score_record(event, now)
+                series = f"{event['host']}/{event['metric']}"
+                self.outputs.send(METRIC_SAMPLES, series, _strip(record))
+                if record["score"] >= self.anomaly_threshold:
+                    self.outputs.send(METRIC_ANOMALIES, series, _strip(record))
+                late = not agg.add(series, event["event_time"], event["value"], record["score"])
+                self._alert(stream, record, series, now)
+            if late:
+                metrics.LATE.labels(stream).inc()
+        metrics.SCORED.labels(stream).inc(len(events))
+        for window in agg.pop_closed(now):
+            self.outputs.send(AGGREGATES, window["group_key"], window)
+            metrics.AGGREGATES.labels(stream).inc()
+
+    def learn_labels(self, labels: list[dict]) -> None:
+        scorers = {TRANSACTIONS: self.transactions, APPLICATIONS: self.applications}
+        for label in labels:
+            scorer = scorers.get(label["target_stream"])
+            if scorer is None:
+                continue  # metric incidents: used by evaluation, not learned online yet
+            if scorer.learn_label(label["target_event_id"], label["label"]):
+                metrics.LABELS_LEARNED.labels(label["target_stream"]).inc()
+            else:
+                metrics.LABELS_UNMATCHED.labels(label["target_stream"]).inc()
+
+
+def _strip(record: dict) -> dict:
+    """The output record: the validated event without its routing field."""
+    record.pop("stream", None)
+    return record
+
+
+def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -> faust.App:
+    """Build the worker's Faust app for the broker at ``bootstrap``."""
+    kafka = settings.kafka
+    app = faust.App(
+        "riskstream",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        # Tansu: the default session timeout makes every start and rebalance wait ~30 s.
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, kafka.session_timeout_s / 6),
+        consumer_auto_offset_reset="earliest",
+        datadir=str(settings.service.state_dir / "faust"),
+        web_host=settings.service.bind_host,
+        web_enabled=False,
+    )
+    outputs = Outputs(bootstrap)
+    pipeline = Pipeline(settings, outputs)
+    window_state = app.Table("window-state", default=None, partitions=kafka.partitions)
+    app.riskstream_pipeline = pipeline  # for tests and introspection
+
+    def scoring_agent(stream: str):
+        topic = app.topic(VALIDATED[stream], value_serializer="raw", key_serializer="raw")
+
+        async def agent(batches: faust.StreamT) -> None:
+            async for event in batches.events():
+                partition, offset = event.message.partition, event.message.offset
+                state_key = f"{stream}:{partition}"
+                agg, applied = pipeline.aggregator(stream, partition, window_state.get(state_key))
+                if offset <= applied:
+                    continue  # replayed after a restart: already in the windows and outputs
+                with metrics.BATCH_SECONDS.labels(stream).time():
+                    pipeline.score_batch(stream, orjson.loads(event.value), agg)
+                    outputs.flush()
+                pipeline.windows[(stream, partition)][1] = offset
+                window_state[state_key] = {"offset": offset, "windows": agg.to_state()}
+
+        agent.__name__ = f"score_{stream.replace('-', '_')}"
+        return app.agent(topic, name=agent.__name__)(agent)
+
+    for stream in (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS):
+        scoring_agent(stream)
+
+    @app.agent(app.topic(VALIDATED[LABELS], value_serializer="raw", key_serializer="raw"),
+               name="learn_labels")
+    async def learn_labels(batches: faust.StreamT) -> None:
+        async for value in batches:
+            pipeline.learn_labels(orjson.loads(value))
+
+    if run_gateway:
+        @app.service
+        class GatewayService(mode.Service):
+            """The batch validation gateway (agents/validate.py) on a thread of the worker."""
+
+            async def on_start(self) -> None:
+                self._stop = threading.Event()
+                gateway = Gateway(settings, bootstrap)
+                loop = asyncio.get_running_loop()
+                self._future = loop.run_in_executor(None, gateway.run, self._stop)
+                self._future.add_done_callback(self._crashed)
+
+            def _crashed(self, future: asyncio.Future) -> None:
+                if not self._stop.is_set() and future.exception() is not None:
+                    # Crash loudly: the supervisor (or the orchestrator) restarts the worker.
+                    log.critical("validation gateway died: %r; stopping the worker",
+                                 future.exception())
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            async def on_stop(self) -> None:
+                self._stop.set()
+                await asyncio.wait_for(self._future, timeout=30)
+
+    return app

@@ -1,0 +1,179 @@
+"""The ``riskstream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pipelines.errors import ConfigError, RiskstreamError
+from pipelines.settings import Settings
+
+
+def _bootstrap(settings: Settings) -> str:
+    bootstrap = settings.kafka.bootstrap
+    if not bootstrap:
+        raise ConfigError("no Kafka: set RISKSTREAM_KAFKA_BOOTSTRAP=host:port, or run "
+                          "`riskstream up`, which starts the embedded broker for every process")
+    return bootstrap
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.service.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.up import run_up
+
+    return run_up(settings, duration_s=args.duration, rate_eps=args.rate, workers=args.workers,
+                  seed=args.seed)
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.broker import EmbeddedBroker, ensure_topics
+
+    stop = _stop_on_signals()
+    with EmbeddedBroker(port=args.port) as broker:
+        ensure_topics(broker.bootstrap, partitions=settings.kafka.partitions)
+        print(f"embedded broker: RISKSTREAM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+        stop.wait()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.app import build_app
+    from pipelines.broker import ensure_topics
+    from pipelines.metrics import serve_metrics
+
+    bootstrap = _bootstrap(settings)
+    ensure_topics(bootstrap, partitions=settings.kafka.partitions)
+    serve_metrics(settings.service.metrics_port, settings.service.bind_host)
+    app = build_app(settings, bootstrap)
+    # The CLI flag, not web_enabled=False: in code Faust still binds 0.0.0.0:6066 (DESIGN.md).
+    sys.argv = ["riskstream", "worker", "--without-web", "-l", settings.service.log_level.lower()]
+    app.main()
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.metrics import serve_metrics
+    from sinks.sink import run_sink
+
+    _logging(settings)
+    bootstrap = _bootstrap(settings)
+    serve_metrics(settings.service.metrics_port, settings.service.bind_host)
+    run_sink(bootstrap, settings, stop=_stop_on_signals())
+    return 0
+
+
+def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.metrics import serve_metrics
+    from sinks.dispatch import Dispatcher
+
+    _logging(settings)
+    bootstrap = _bootstrap(settings)
+    serve_metrics(settings.service.metrics_port, settings.service.bind_host)
+    Dispatcher(settings, bootstrap).run(_stop_on_signals())
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.simulate import run_simulator
+    from pipelines.simulator import SimConfig
+
+    _logging(settings)
+    bootstrap = _bootstrap(settings)
+    config = SimConfig(seed=args.seed, rate_eps=args.rate, label_delay_s=args.label_delay,
+                       malformed_share=args.malformed, duplicate_share=args.duplicates)
+    counts = run_simulator(bootstrap, config, duration_s=args.duration, max_events=args.events,
+                           realtime=not args.fast, stop=_stop_on_signals())
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks.clickhouse import query_lake
+
+    lake = Path(args.lake) if args.lake else settings.lake.path
+    print(query_lake(lake, args.query, fmt=args.format), end="")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="riskstream", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run everything: broker (embedded unless "
+                        "RISKSTREAM_KAFKA_BOOTSTRAP is set), worker, sink, alerts, simulator")
+    up.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    up.add_argument("--rate", type=float, default=200.0, help="simulated events per second")
+    up.add_argument("--workers", type=int, default=1, help="worker processes")
+    up.add_argument("--seed", type=int, default=7)
+    up.set_defaults(func=cmd_up)
+
+    broker = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
+    broker.add_argument("--port", type=int, default=0)
+    broker.set_defaults(func=cmd_broker)
+
+    for name, func, text in (("worker", cmd_worker, "validate, score, aggregate (Faust)"),
+                             ("sink", cmd_sink, "write output topics to the lake"),
+                             ("dispatch", cmd_dispatch, "deliver alerts to channels")):
+        sub.add_parser(name, help=text).set_defaults(func=func)
+
+    sim = sub.add_parser("simulate", help="publish realistic events with injected fraud")
+    sim.add_argument("--rate", type=float, default=200.0, help="events per second")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    sim.add_argument("--events", type=int, default=None, help="stop after this many events")
+    sim.add_argument("--label-delay", type=float, default=30.0, help="seconds before labels")
+    sim.add_argument("--malformed", type=float, default=0.01, help="share of malformed events")
+    sim.add_argument("--duplicates", type=float, default=0.01, help="share of duplicates")
+    sim.add_argument("--fast", action="store_true", help="as fast as possible, not real time")
+    sim.set_defaults(func=cmd_simulate)
+
+    sql = sub.add_parser("sql", help="run ClickHouse SQL over the lake (chDB)")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=["pretty", "csv", "json"], default="pretty")
+    sql.add_argument("--lake", default=None, help="lake directory (default RISKSTREAM_LAKE_PATH)")
+    sql.set_defaults(func=cmd_sql)
+
+    schemas = sub.add_parser("schemas", help="JSON Schema files for producers")
+    schemas.add_argument("action", choices=["export"])
+    schemas.add_argument("--out", default="schemas/jsonschema")
+    schemas.set_defaults(func=cmd_schemas)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args, Settings())
+    except RiskstreamError as exc:
+        print(f"riskstream: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Prometheus metrics of every stage, and the endpoint each process serves them on."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+EVENTS_IN = Counter("riskstream_events_in_total", "Input messages read", ["stream"])
+VALIDATED = Counter("riskstream_validated_total", "Events accepted by validation", ["stream"])
+REJECTED = Counter("riskstream_rejected_total", "Events sent to dead-letter", ["stream", "kind"])
+SCORED = Counter("riskstream_scored_total", "Events scored", ["stream"])
+LABELS_LEARNED = Counter("riskstream_labels_learned_total", "Delayed labels learned", ["stream"])
+LABELS_UNMATCHED = Counter("riskstream_labels_unmatched_total",
+                           "Labels whose event's features were no longer held", ["stream"])
+LATE = Counter("riskstream_late_events_total", "Events too late for their window", ["stream"])
+ALERTS = Counter("riskstream_alerts_total", "Alerts emitted", ["rule"])
+DELIVERIES = Counter("riskstream_alert_deliveries_total", "Alert deliveries", ["channel", "outcome"])
+AGGREGATES = Counter("riskstream_aggregates_total", "Windows emitted", ["stream"])
+BATCH_SECONDS = Histogram("riskstream_batch_seconds", "Time to process one batch", ["stage"])
+LAG = Gauge("riskstream_consumer_lag", "Messages behind the end of the topic", ["topic"])
+ALIVE = Gauge("riskstream_last_loop_timestamp_seconds",
+              "Wall-clock time of a stage's last loop iteration (liveness)", ["stage"])
+
+
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on ``host:port``; ``None`` or 0 serves nothing."""
+    if port:
+        start_http_server(port, addr=host)
+        log.info("metrics on http://%s:%d/metrics", host, port)

@@ -1,0 +1,292 @@
+"""``riskstream up``: the whole pipeline on one machine, supervised.
+
+Starts the broker (embedded Tansu unless ``RISKSTREAM_KAFKA_BOOTSTRAP`` names a cluster), then
+the worker(s), the sink, the alert dispatcher and the simulator as child processes, each in its
+own session so that Ctrl-C reaches only this supervisor, which stops them in order: the
+simulator first, then the worker, the dispatcher, and the sink last (it flushes its buffers),
+then the broker. A child that dies is restarted with a backoff. Every few seconds one status
+line; the status page and its JSON are served on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
+from pipelines.settings import Settings
+from pipelines.topics import INPUT_TOPICS, OUTPUT_TOPICS, VALIDATED
+
+VALIDATED_TOPICS = tuple(VALIDATED.values())
+
+log = logging.getLogger("riskstream.up")
+
+STATUS_EVERY_S = 5.0
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    metrics_port: int
+    log_path: Path
+    restart: bool = True
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    _next_start: float = 0.0
+
+    def start(self) -> None:
+        out = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", *self.args], env=self.env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+
+    def check(self) -> None:
+        """Restart the process if it died (exponential backoff up to 30 s)."""
+        if self.process is None or self.process.poll() is None or not self.restart:
+            return
+        now = time.monotonic()
+        if not self._next_start:
+            log.error("%s exited with code %s; restarting (log: %s)", self.name,
+                      self.process.returncode, self.log_path)
+            self._next_start = now + min(30.0, 0.5 * 2 ** self.restarts)
+        elif now >= self._next_start:
+            self.restarts += 1
+            self._next_start = 0.0
+            self.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.restart = False
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop in %.0f s; killing it", self.name, timeout_s)
+            self.process.kill()
+            self.process.wait()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sum the samples of a child's /metrics by ``name{label=value,...}`` (and by name)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = out.get(f"{sample.name}{{{labels}}}", 0) + sample.value
+            out[sample.name] = out.get(sample.name, 0) + sample.value
+    return out
+
+
+def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
+    """Messages between a group's committed offsets and the end of its topics."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(timeout=5).topics
+        tps = [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
+        lag = 0
+        for tp in c.committed(tps, timeout=5):
+            _, high = c.get_watermark_offsets(tp, timeout=5, cached=False)
+            lag += high - max(tp.offset, 0)
+        return lag
+    except Exception:  # status is best effort; the pipeline does not depend on it
+        return -1
+    finally:
+        c.close()
+
+
+@dataclass
+class Status:
+    bootstrap: str
+    lake: Path
+    children: list[Child]
+    started: float = field(default_factory=time.monotonic)
+    last: dict = field(default_factory=dict)
+
+    def collect(self) -> dict:
+        m: dict[str, float] = {}
+        for child in self.children:
+            for k, v in scrape(child.metrics_port).items():
+                m[k] = m.get(k, 0) + v
+
+        def get(name: str, **labels: str) -> int:
+            key = f"{name}{{{','.join(f'{k}={v}' for k, v in sorted(labels.items()))}}}"
+            return int(m.get(key if labels else name, 0))
+
+        rejected = {k.split("kind=")[1].rstrip("}"): 0 for k in m if k.startswith(
+            "riskstream_rejected_total{")}
+        for k, v in m.items():
+            if k.startswith("riskstream_rejected_total{"):
+                rejected[k.split("kind=")[1].split(",")[0].rstrip("}")] += int(v)
+        self.last = {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "events_in": {s: get("riskstream_events_in_total", stream=s) for s in INPUT_TOPICS},
+            "rejected": sum(v for k, v in rejected.items() if k != "duplicate"),
+            "duplicates": rejected.get("duplicate", 0),
+            "rejected_by_kind": rejected,
+            "scored": get("riskstream_scored_total"),
+            "alerts": get("riskstream_alerts_total"),
+            "lake_rows": get("riskstream_sink_rows_total"),
+            "lag": {"gateway": consumer_lag(self.bootstrap, "riskstream-gateway", INPUT_TOPICS),
+                    "worker": consumer_lag(self.bootstrap, "riskstream", VALIDATED_TOPICS),
+                    "sink": consumer_lag(self.bootstrap, "riskstream-sink", OUTPUT_TOPICS)},
+            "processes": {c.name: {"pid": c.process.pid if c.process else None,
+                                   "alive": bool(c.process and c.process.poll() is None),
+                                   "restarts": c.restarts} for c in self.children},
+        }
+        return self.last
+
+    def line(self) -> str:
+        s = self.last
+        ins = " ".join(f"{k}={v}" for k, v in s["events_in"].items())
+        return (f"[{s['uptime_s']:>6.0f}s] in: {ins} | rejected={s['rejected']} "
+                f"dup={s['duplicates']} scored={s['scored']} alerts={s['alerts']} "
+                f"lake_rows={s['lake_rows']} lag: "
+                + " ".join(f"{k}={v}" for k, v in s["lag"].items()))
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>riskstream</title>
+<meta http-equiv="refresh" content="5"><style>body{font:14px system-ui;margin:2em}
+td,th{padding:2px 10px;text-align:left}</style></head><body><h1>riskstream</h1>
+<p>broker <code>%(bootstrap)s</code> &middot; lake <code>%(lake)s</code></p><table>%(rows)s</table>
+<p>JSON: <a href="/api/v1/status">/api/v1/status</a></p></body></html>"""
+
+
+def serve_status(status: Status, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.startswith("/api/v1/status"):
+                body, ctype = json.dumps(status.last).encode(), "application/json"
+            elif self.path in ("/", "/index.html"):
+                rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in status.last.items())
+                body = (PAGE % {"bootstrap": status.bootstrap, "lake": status.lake,
+                                "rows": rows}).encode()
+                ctype = "text/html; charset=utf-8"
+            elif self.path == "/healthz":
+                body, ctype = b"ok", "text/plain"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="status").start()
+    return server
+
+
+def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, workers: int = 1,
+           seed: int = 7) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    state_dir = settings.service.state_dir
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    lake = settings.lake.path.resolve()
+    broker: EmbeddedBroker | None = None
+    bootstrap = settings.kafka.bootstrap
+    if not bootstrap:
+        broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
+        bootstrap = broker.bootstrap
+    children: list[Child] = []
+    try:
+        ensure_topics(bootstrap, partitions=settings.kafka.partitions,
+                      replication_factor=settings.kafka.replication_factor)
+        env = {**os.environ, "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+               "RISKSTREAM_LAKE_PATH": str(lake), "PYTHONUNBUFFERED": "1"}
+        specs = [(f"worker-{i}" if workers > 1 else "worker", ["worker"]) for i in range(workers)]
+        specs += [("sink", ["sink"]), ("dispatch", ["dispatch"]),
+                  ("simulator", ["simulate", "--rate", str(rate_eps), "--seed", str(seed)])]
+        for name, args in specs:
+            port = free_port()
+            child = Child(name, args, {**env, "RISKSTREAM_METRICS_PORT": str(port)}, port,
+                          log_dir / f"{name}.log")
+            child.start()
+            children.append(child)
+
+        status = Status(bootstrap, lake, children)
+        status.collect()
+        page = serve_status(status, settings.service.bind_host, settings.service.status_port)
+        host, port = page.server_address[:2]
+        print(f"riskstream is up\n"
+              f"  broker      {bootstrap}{' (embedded Tansu, in memory)' if broker else ''}\n"
+              f"  lake        {lake}\n"
+              f"  status page http://{host}:{port}/   (JSON: /api/v1/status)\n"
+              f"  logs        {log_dir.resolve()}/\n"
+              f"  query       riskstream sql \"SELECT count() FROM scored_transactions\"\n"
+              f"  stop        Ctrl-C", flush=True)
+        deadline = time.monotonic() + duration_s if duration_s else None
+        next_line = time.monotonic() + STATUS_EVERY_S
+        while not stop.wait(0.5):
+            for child in children:
+                child.check()
+            if time.monotonic() >= next_line:
+                status.collect()
+                print(status.line(), flush=True)
+                next_line = time.monotonic() + STATUS_EVERY_S
+            if deadline and time.monotonic() >= deadline:
+                break
+        print("stopping: simulator, workers, dispatcher, then the sink flushes ...", flush=True)
+        # Stop producing first, let the worker and sink drain what is in flight.
+        children[-1].stop()
+        _drain(status, timeout_s=30.0)
+        final = status.collect()
+        for child in children[:-1]:
+            child.stop()
+        page.shutdown()
+        final = {**final, "lake_rows": _lake_rows(lake)}
+        print("summary: " + json.dumps(final, sort_keys=True), flush=True)
+        return 0
+    finally:
+        for child in children:
+            child.stop()
+        if broker is not None:
+            broker.stop()
+
+
+def _drain(status: Status, timeout_s: float) -> None:
+    """Wait until the gateway and the sink have caught up (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = status.collect()
+        if all(v == 0 for v in s["lag"].values()):
+            return
+        time.sleep(1.0)
+
+
+def _lake_rows(lake: Path) -> dict[str, int]:
+    from sinks.lake import LakeWriter
+
+    return LakeWriter(lake).row_count()
