@@ -169,6 +169,8 @@ def _strip(record: dict) -> dict:
 def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -> faust.App:
     """Build the worker's Faust app for the broker at ``bootstrap``."""
     kafka = settings.kafka
+    datadir = settings.service.state_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         "riskstream",
         broker=f"kafka://{bootstrap}",
@@ -181,7 +183,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         broker_session_timeout=kafka.session_timeout_s,
         broker_heartbeat_interval=max(0.5, kafka.session_timeout_s / 6),
         consumer_auto_offset_reset="earliest",
-        datadir=str(settings.service.state_dir / "faust"),
+        datadir=str(datadir),
         web_host=settings.service.bind_host,
         web_enabled=False,
     )
@@ -206,7 +208,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 pipeline.windows[(stream, partition)][1] = offset
                 window_state[state_key] = {"offset": offset, "windows": agg.to_state()}
 
-        agent.__name__ = f"score_{stream.replace('-', '_')}"
+        agent.__name__ = agent.__qualname__ = f"score_{stream.replace('-', '_')}"
         return app.agent(topic, name=agent.__name__)(agent)
 
     for stream in (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS):

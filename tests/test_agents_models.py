@@ -1,0 +1,124 @@
+"""Unit tests of the plain-Python models the agents use: no Faust, no broker."""
+
+from __future__ import annotations
+
+import random
+
+from agents.aggregate import WindowAggregator
+from agents.alerting import ScoreThresholdRule, alert_id
+from agents.anomaly import MetricScorer
+from agents.fraud import ApplicationScorer, TransactionScorer
+from agents.validate import Deduplicator
+
+T0 = 1_790_000_000_000  # a fixed event time (ms), 2026-09
+
+
+def txn(i: int, **overrides) -> dict:
+    event = {"event_id": f"t{i}", "event_time": T0 + i * 1000, "card_id": f"c{i % 20}",
+             "account_id": "a", "merchant_id": f"m{i % 5}", "mcc": "5411", "amount": 20.0 + i % 9,
+             "currency": "EUR", "channel": "pos", "country": "FR", "status": "approved",
+             "device_id": f"d{i % 20}", "ip": None}
+    return {**event, **overrides}
+
+
+def test_transaction_scores_are_probabilities_with_decisions_and_reasons():
+    scorer = TransactionScorer(seed=1)
+    records = [scorer.score_record(txn(i), T0) for i in range(600)]
+    assert all(0.0 <= r["score"] <= 1.0 for r in records)
+    assert {r["decision"] for r in records} <= {"approve", "review", "decline"}
+    # A card seen 30 times in France on one device, then abroad on a new device, big amount.
+    odd = scorer.score_record(txn(10_000, card_id="c1", country="BR", device_id="new",
+                                  amount=4_000.0, channel="ecom"), T0)
+    assert {"new_country", "new_device"} <= set(odd["reasons"])
+    typical = [r["score"] for r in records[-100:]]
+    assert odd["score"] > sorted(typical)[90]  # above the 90th percentile of normal traffic
+
+
+def test_transaction_scorer_learns_from_delayed_labels():
+    scorer = TransactionScorer(seed=1, min_labels=20)
+    rng = random.Random(3)
+    for i in range(400):
+        fraud = rng.random() < 0.2
+        event = txn(i, amount=3_000.0 if fraud else 20.0, channel="ecom" if fraud else "pos")
+        scorer.score_record(event, T0)
+        assert scorer.learn_label(event["event_id"], int(fraud))
+    assert not scorer.learn_label("never-scored", 1)  # unknown event: reported, not learned
+    fraud_like = scorer.score_record(txn(1_000, amount=3_000.0, channel="ecom"), T0)["score"]
+    genuine = scorer.score_record(txn(1_001, amount=20.0), T0)["score"]
+    assert fraud_like > genuine
+
+
+def test_application_identity_reuse_is_a_reason():
+    scorer = ApplicationScorer(seed=1)
+    app = {"event_id": "a1", "event_time": T0, "applicant_id": "p1", "ssn_hash": "h",
+           "income": 50_000.0, "requested_amount": 5_000.0, "employment": "employed",
+           "age_years": 40, "device_id": "d1", "product": "credit_card"}
+    first = scorer.score_record(app, T0)
+    again = scorer.score_record({**app, "event_id": "a2", "applicant_id": "p2"}, T0)
+    assert "identity_reuse" not in first["reasons"]
+    assert "identity_reuse" in again["reasons"]
+
+
+def test_metric_scorer_warms_up_then_flags_a_spike_with_its_band():
+    scorer = MetricScorer(warmup=30, anomaly_threshold=0.9)
+    rng = random.Random(5)
+    scores = []
+    for i in range(200):
+        value = 50 + rng.gauss(0, 2)
+        scores.append(scorer.score_record(
+            {"event_id": f"s{i}", "event_time": T0 + i * 10_000, "host": "h1", "service": "api",
+             "metric": "cpu", "value": value}, T0)["score"])
+    assert scores[:30] == [0.0] * 30          # cold start: no alarm storm
+    assert max(scores[30:]) < 0.9             # ordinary noise stays under the threshold
+    spike = scorer.score_record({"event_id": "x", "event_time": T0 + 2_000_000, "host": "h1",
+                                 "service": "api", "metric": "cpu", "value": 95.0}, T0)
+    assert spike["score"] >= 0.9 and spike["reason"] == "spike"
+    assert spike["lower"] < 50 < spike["upper"]
+
+
+def test_windows_close_on_the_watermark_and_late_events_are_counted():
+    agg = WindowAggregator("transactions", window_size_ms=60_000, grace_ms=10_000,
+                           flag_threshold=0.9)
+    base = T0 - T0 % 60_000
+    assert agg.add("m1", base + 1_000, 10.0, 0.1)
+    assert agg.add("m1", base + 2_000, 30.0, 0.95)
+    assert agg.add("m2", base + 3_000, 5.0, 0.2)
+    assert agg.pop_closed(0) == []                       # the window is still open
+    assert agg.add("m1", base + 71_000, 1.0, 0.0)         # watermark passes the first window
+    closed = {w["group_key"]: w for w in agg.pop_closed(0)}
+    assert closed["m1"]["count"] == 2 and closed["m1"]["sum"] == 40.0
+    assert closed["m1"]["flagged"] == 1 and closed["m1"]["max"] == 30.0
+    assert closed["m2"]["count"] == 1
+    assert not agg.add("m1", base + 5_000, 1.0, 0.0)     # late: its window already closed
+    assert agg.late == 1
+
+
+def test_window_state_round_trips_through_json():
+    import orjson
+
+    agg = WindowAggregator("system-metrics")
+    agg.add("h/cpu", T0, 1.0, 0.5)
+    copy = WindowAggregator("system-metrics")
+    copy.load_state(orjson.loads(orjson.dumps(agg.to_state())))
+    assert copy.pop_closed(0, everything=True) == agg.pop_closed(0, everything=True)
+
+
+def test_deduplicator_forgets_after_the_ttl():
+    dedup = Deduplicator(ttl_ms=60_000)
+    tp = ("transactions", 0)
+    assert not dedup.seen(tp, "e1", T0)
+    assert dedup.seen(tp, "e1", T0 + 1)                 # resent: duplicate
+    assert not dedup.seen(("transactions", 1), "e1", T0)  # another partition's state
+    assert not dedup.seen(tp, "e2", T0 + 120_000)       # time moves on: e1 is forgotten
+    assert not dedup.seen(tp, "e1", T0 + 120_001)
+
+
+def test_threshold_rule_fires_once_per_cooldown_with_a_stable_id():
+    rule = ScoreThresholdRule("high", "transactions", threshold=0.9, cooldown_ms=300_000)
+    hot = {"event_id": "e1", "event_time": T0, "score": 0.95, "reasons": ["new_country"]}
+    alert = rule.evaluate(hot, "c1", T0)
+    assert alert["alert_id"] == alert_id("high", "e1") and "new_country" in alert["summary"]
+    # 2nd hot event on the same card 1 minute later: inside the cooldown
+    assert rule.evaluate({**hot, "event_id": "e2", "event_time": T0 + 60_000}, "c1", T0) is None
+    assert rule.evaluate({**hot, "event_id": "e3", "event_time": T0 + 400_000}, "c1", T0)
+    assert rule.evaluate({**hot, "event_id": "e4", "score": 0.5}, "c2", T0) is None
