@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -90,11 +89,13 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.metrics import serve_metrics
     from pipelines.simulate import run_simulator
     from pipelines.simulator import SimConfig
 
     _logging(settings)
     bootstrap = _bootstrap(settings)
+    serve_metrics(settings.service.metrics_port, settings.service.bind_host)
     config = SimConfig(seed=args.seed, rate_eps=args.rate, label_delay_s=args.label_delay,
                        malformed_share=args.malformed, duplicate_share=args.duplicates)
     counts = run_simulator(bootstrap, config, duration_s=args.duration, max_events=args.events,

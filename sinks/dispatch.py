@@ -30,7 +30,7 @@ GROUP_ID = "riskstream-dispatcher"
 def channels_from(settings: Settings) -> list:
     alert = settings.alert
     channels = []
-    if alert.webhook_url is not None:
+    if alert.webhook_url is not None and alert.webhook_url.get_secret_value():
         channels.append(WebhookChannel(alert.webhook_url.get_secret_value(),
                                        timeout_s=alert.timeout_s))
     return channels
