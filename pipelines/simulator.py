@@ -404,10 +404,6 @@ def _iso(ms: int, offset_min: int = 0) -> str:
     return when.astimezone(zone).isoformat(timespec="milliseconds")
 
 
-def _age_on(birth: date, on: date) -> int:
-    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
-
-
 class Simulator:
     """Endless, reproducible traffic for all input topics.
 
@@ -907,7 +903,7 @@ class _Run:
     def _birth(self, now_ms: int, min_age: int, max_age: int) -> date:
         today = (_EPOCH + timedelta(milliseconds=now_ms)).date()
         # Age in whole years is in [min_age, max_age] at the event, whatever the day.
-        return today - timedelta(days=rng_days(self.rng, min_age, max_age))
+        return today - timedelta(days=_days_back(self.rng, min_age, max_age))
 
     def _address(self) -> tuple[str, str]:
         rng = self.rng
@@ -1133,7 +1129,7 @@ class _Run:
         return SimMessage(topic, key.encode(), value, now_ms, "malformed")
 
 
-def rng_days(rng: random.Random, min_age: int, max_age: int) -> int:
+def _days_back(rng: random.Random, min_age: int, max_age: int) -> int:
     """Days back from today to a birth date whose age is in [min_age, max_age] years."""
     return rng.randint(min_age * 366 + 1, (max_age + 1) * 365 - 2)
 
