@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -40,3 +41,40 @@ def decision_of(score: float, review_at: float, decline_at: float) -> str:
     if score >= review_at:
         return "review"
     return "approve"
+
+
+class RollingRank:
+    """The rank of a value among the last ``window`` values seen, in [0, 1].
+
+    Turns an uncalibrated detector score into a quantile: ``rank ** k`` then puts a chosen
+    share of traffic above a threshold (``calibrated``).
+
+    Examples
+    --------
+    >>> r = RollingRank(window=4)
+    >>> [r.update(x) for x in (1.0, 2.0, 3.0, 0.5)]
+    [0.5, 0.75, 0.8333333333333334, 0.125]
+    """
+
+    def __init__(self, window: int = 2000) -> None:
+        self.window = window
+        self._sorted: list[float] = []
+        self._fifo: deque[float] = deque()
+
+    def update(self, x: float) -> float:
+        below = bisect.bisect_left(self._sorted, x)
+        equal = bisect.bisect_right(self._sorted, x) - below
+        n = len(self._sorted)
+        # mid-rank of x among the window including itself
+        rank = (below + 0.5 * (equal + 1)) / (n + 1)
+        bisect.insort(self._sorted, x)
+        self._fifo.append(x)
+        if len(self._fifo) > self.window:
+            old = self._fifo.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+        return rank
+
+
+def calibrated(rank: float, *, share: float, at: float) -> float:
+    """Map a rank in [0, 1] so that the top ``share`` of ranks score at least ``at``."""
+    return rank ** (math.log(at) / math.log(1.0 - share))

@@ -7,15 +7,18 @@ A first model per stream (the foundation; the scoring issue deepens it):
 - a supervised River logistic regression learns from the delayed ``labels`` stream: the
   features of every scored event wait (bounded, by event id) until its label arrives.
 
-The score is the detector's alone until ``min_labels`` labels were learned, then the mean of
-the detector and the classifier. Both are in [0, 1], so the score is too.
+The detector's raw scores are not probabilities: they are turned into their rank among recent
+scores, calibrated so that the top ``alert_share`` of traffic scores at least ``decline_at``
+(cold start: about 0.5 % of events reach review/decline, not 10 %). Once ``min_labels`` labels
+were learned, the score is the mean of that and the classifier's probability, which also sees
+the detector's rank as a feature.
 """
 
 from __future__ import annotations
 
 from river import anomaly, linear_model, optim, preprocessing
 
-from agents.features import BoundedDict, decision_of, log_scale
+from agents.features import BoundedDict, RollingRank, calibrated, decision_of, log_scale
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -27,12 +30,15 @@ class _Scorer:
     model_version = "v0"
 
     def __init__(self, *, seed: int = 42, min_labels: int = 50, max_pending: int = 200_000,
-                 review_at: float = 0.7, decline_at: float = 0.9) -> None:
+                 review_at: float = 0.7, decline_at: float = 0.9, alert_share: float = 0.005
+                 ) -> None:
         self.seed = seed
         self.min_labels = min_labels
         self.max_pending = max_pending
         self.review_at = review_at
         self.decline_at = decline_at
+        self.alert_share = alert_share
+        self._rank = RollingRank(2000)
         # HalfSpaceTrees wants features in [0, 1]; window_size is the reference window in events.
         self._detector = anomaly.HalfSpaceTrees(n_trees=10, height=8, window_size=250, seed=seed)
         self._classifier = preprocessing.StandardScaler() | linear_model.LogisticRegression(
@@ -49,13 +55,13 @@ class _Scorer:
     def score_one(self, event: dict) -> tuple[float, dict[str, float]]:
         """Score an event, learn it into the unsupervised detector, keep it for its label."""
         x = self.features(event)
-        detector = self._detector.score_one(x)
+        rank = self._rank.update(self._detector.score_one(x))
         self._detector.learn_one(x)
+        score = calibrated(rank, share=self.alert_share, at=self.decline_at)
+        x = {**x, "detector_rank": rank}
         if self._n_labels >= self.min_labels:
             p = self._classifier.predict_proba_one(x).get(True, 0.0)
-            score = 0.5 * detector + 0.5 * p
-        else:
-            score = detector
+            score = 0.5 * score + 0.5 * p
         self._pending[event["event_id"]] = x
         return min(1.0, max(0.0, score)), x
 

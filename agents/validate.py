@@ -113,9 +113,15 @@ class Gateway:
             except Exception:  # broker without timestamp index: read the whole partition
                 start = low
             reader.assign([TopicPartition(out.topic, partition, start if start > 0 else OFFSET_BEGINNING)])
+            # Read to the end: stop at the first empty poll past the high watermark (Tansu
+            # reports the high watermark per record batch, below the true end, so it is only a
+            # lower bound here).
             last_src, position = -1, start
-            while position < high:
-                for msg in reader.consume(5000, timeout=1.0):
+            while True:
+                messages = reader.consume(5000, timeout=1.0)
+                if not messages and position >= high:
+                    break
+                for msg in messages:
                     if msg.error():
                         continue
                     position = msg.offset() + 1

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.settings import Settings
-from pipelines.topics import INPUT_TOPICS, OUTPUT_TOPICS, VALIDATED
+from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS, VALIDATED
 
 VALIDATED_TOPICS = tuple(VALIDATED.values())
 
@@ -85,20 +85,24 @@ class Child:
             self.process.wait()
 
 
-def scrape(port: int) -> dict[str, float]:
-    """Sum the samples of a child's /metrics by ``name{label=value,...}`` (and by name)."""
+Sample = tuple[str, dict[str, str], float]
+
+
+def scrape(port: int) -> list[Sample]:
+    """The samples of a child's /metrics endpoint; none when it does not answer (yet)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
     except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}"] = out.get(f"{sample.name}{{{labels}}}", 0) + sample.value
-            out[sample.name] = out.get(sample.name, 0) + sample.value
-    return out
+        return []
+    return [(s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> int:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    return int(sum(v for n, lab, v in samples
+                   if n == name and all(lab.get(k) == x for k, x in labels.items())))
 
 
 def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
@@ -110,7 +114,8 @@ def consumer_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
         lag = 0
         for tp in c.committed(tps, timeout=5):
             _, high = c.get_watermark_offsets(tp, timeout=5, cached=False)
-            lag += high - max(tp.offset, 0)
+            lag += max(0, high - max(tp.offset, 0))
+        # Approximate on Tansu, whose high watermark is per record batch (below the true end).
         return lag
     except Exception:  # status is best effort; the pipeline does not depend on it
         return -1
@@ -127,29 +132,24 @@ class Status:
     last: dict = field(default_factory=dict)
 
     def collect(self) -> dict:
-        m: dict[str, float] = {}
-        for child in self.children:
-            for k, v in scrape(child.metrics_port).items():
-                m[k] = m.get(k, 0) + v
-
-        def get(name: str, **labels: str) -> int:
-            key = f"{name}{{{','.join(f'{k}={v}' for k, v in sorted(labels.items()))}}}"
-            return int(m.get(key if labels else name, 0))
-
-        rejected = {k.split("kind=")[1].rstrip("}"): 0 for k in m if k.startswith(
-            "riskstream_rejected_total{")}
-        for k, v in m.items():
-            if k.startswith("riskstream_rejected_total{"):
-                rejected[k.split("kind=")[1].split(",")[0].rstrip("}")] += int(v)
+        samples = [x for child in self.children for x in scrape(child.metrics_port)]
+        rejected: dict[str, int] = {}
+        for name, labels, value in samples:
+            if name == "riskstream_rejected_total":
+                rejected[labels["kind"]] = rejected.get(labels["kind"], 0) + int(value)
         self.last = {
             "uptime_s": round(time.monotonic() - self.started, 1),
-            "events_in": {s: get("riskstream_events_in_total", stream=s) for s in INPUT_TOPICS},
+            "events_in": {s: total(samples, "riskstream_events_in_total", stream=s)
+                          for s in INPUT_TOPICS},
             "rejected": sum(v for k, v in rejected.items() if k != "duplicate"),
             "duplicates": rejected.get("duplicate", 0),
             "rejected_by_kind": rejected,
-            "scored": get("riskstream_scored_total"),
-            "alerts": get("riskstream_alerts_total"),
-            "lake_rows": get("riskstream_sink_rows_total"),
+            "validated": total(samples, "riskstream_validated_total"),
+            "validated_labels": total(samples, "riskstream_validated_total", stream=LABELS),
+            "labels_learned": total(samples, "riskstream_labels_learned_total"),
+            "scored": total(samples, "riskstream_scored_total"),
+            "alerts": total(samples, "riskstream_alerts_total"),
+            "lake_rows": total(samples, "riskstream_sink_rows_total"),
             "lag": {"gateway": consumer_lag(self.bootstrap, "riskstream-gateway", INPUT_TOPICS),
                     "worker": consumer_lag(self.bootstrap, "riskstream", VALIDATED_TOPICS),
                     "sink": consumer_lag(self.bootstrap, "riskstream-sink", OUTPUT_TOPICS)},
@@ -276,14 +276,22 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
             broker.stop()
 
 
-def _drain(status: Status, timeout_s: float) -> None:
-    """Wait until the gateway and the sink have caught up (bounded)."""
+def _drain(status: Status, timeout_s: float, quiet_s: float = 2.0) -> None:
+    """Wait (bounded) until the worker has scored every validated event and input stopped.
+
+    Counters, not consumer lag: Tansu's high watermarks are below the true end of a topic.
+    """
     deadline = time.monotonic() + timeout_s
+    previous, since = None, time.monotonic()
     while time.monotonic() < deadline:
         s = status.collect()
-        if all(v == 0 for v in s["lag"].values()):
+        progress = (sum(s["events_in"].values()), s["scored"])
+        if progress != previous:
+            previous, since = progress, time.monotonic()
+        elif (time.monotonic() - since >= quiet_s
+              and s["scored"] >= s["validated"] - s["validated_labels"]):
             return
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def _lake_rows(lake: Path) -> dict[str, int]:
