@@ -158,11 +158,11 @@ _HOME_COUNTRIES: dict[str, tuple[float, str, float, tuple[int, ...]]] = {
     "AU": (0.02, "AUD", 1.52, (1, 49, 101)),
     "JP": (0.02, "JPY", 150.0, (60, 106, 126, 153)),
 }
-# Where account takeovers and card testing come from (IP geolocation): never a home country
-# of the population, so "new country" is visible.
-_FRAUD_COUNTRIES: dict[str, tuple[int, ...]] = {
+# Where account takeovers and card testing come from (first octets of the fraudster's IPs):
+# never a home country of the population.
+_FRAUD_IP_OCTETS: dict[str, tuple[int, ...]] = {
     "BR": (177, 179, 186),
-    "RO": (86, 188),
+    "RO": (109, 188),
     "UA": (176, 178),
     "PH": (110, 112),
     "NG": (102, 105, 197),
@@ -723,11 +723,15 @@ class _Run:
         """Start a fraud scenario; its first event goes out now, the rest are scheduled."""
         rng, sim = self.rng, self.sim
         card = self._pick_card()
-        fraud_country = rng.choice(list(_FRAUD_COUNTRIES))
-        fraud_ip = _ipv4(rng, _FRAUD_COUNTRIES[fraud_country])
+        fraud_ip = _ipv4(rng, _FRAUD_IP_OCTETS[rng.choice(list(_FRAUD_IP_OCTETS))])
         fraud_device = _device(rng)
-        home_cells = sim._merchants[card.home]
-        _, currency, fx, _ = _HOME_COUNTRIES[card.home]
+        # Remote fraud buys from merchants abroad (cross-border e-commerce): `country`, the
+        # merchant's, is new for the card; so are the device and the IP.
+        abroad = card.home
+        while abroad == card.home:
+            abroad = sim._home_codes[bisect(sim._home_cum, rng.random() * sim._home_cum[-1])]
+        cells = sim._merchants[abroad]
+        _, currency, fx, _ = _HOME_COUNTRIES[abroad]
         ndp = 0 if fx > 50 else 2
         base = {"card_id": card.card_id, "account_id": card.account_id}
         events: list[tuple[int, dict[str, Any], str]] = []
@@ -735,7 +739,7 @@ class _Run:
             # Card testing: many tiny e-commerce attempts at one or two merchants within
             # minutes, half of them declined, from a fraudster's device abroad.
             merchants = [
-                rng.choice(home_cells[_MCC_INDEX[rng.choice(_CARD_TESTING_MCCS)]])
+                rng.choice(cells[_MCC_INDEX[rng.choice(_CARD_TESTING_MCCS)]])
                 for _ in range(rng.choice((1, 1, 2)))
             ]
             n = rng.randint(8, 40)
@@ -756,7 +760,7 @@ class _Run:
                     "amount": round(amount * fx, ndp) or 1.0,
                     "currency": currency,
                     "channel": "ecom",
-                    "country": fraud_country,
+                    "country": abroad,
                     "status": status,
                     "device_id": fraud_device,
                     "ip": fraud_ip,
@@ -769,7 +773,7 @@ class _Run:
             offsets = sorted(rng.randrange(span_ms) for _ in range(n - 1))
             for off in [0, *offsets]:
                 cat_i = _MCC_INDEX[rng.choice(_HIGH_VALUE_MCCS)]
-                m = rng.choice(home_cells[cat_i])
+                m = rng.choice(cells[cat_i])
                 usd = m.category.median_usd * card.spend * rng.uniform(5.0, 20.0)
                 status = "approved" if rng.random() < 0.85 else "declined"
                 fields = {
@@ -779,7 +783,7 @@ class _Run:
                     "amount": round(min(usd * fx, MAX_AMOUNT), ndp),
                     "currency": currency,
                     "channel": "ecom",
-                    "country": fraud_country,
+                    "country": abroad,
                     "status": status,
                     "device_id": fraud_device,
                     "ip": fraud_ip,
@@ -790,10 +794,14 @@ class _Run:
         else:
             # Out-of-pattern amount: one purchase 10-40x the card's usual spend, with a
             # stolen card in a shop (at home) or on-line.
-            cat_i = _MCC_INDEX[rng.choice(("5944", "5732"))]
-            m = rng.choice(home_cells[cat_i])
-            usd = m.category.median_usd * card.spend * rng.uniform(10.0, 40.0)
             ecom = rng.random() < 0.5
+            if not ecom:
+                abroad = card.home
+                _, currency, fx, _ = _HOME_COUNTRIES[abroad]
+                ndp = 0 if fx > 50 else 2
+            cat_i = _MCC_INDEX[rng.choice(("5944", "5732"))]
+            m = rng.choice(sim._merchants[abroad][cat_i])
+            usd = m.category.median_usd * card.spend * rng.uniform(10.0, 40.0)
             fields = {
                 **base,
                 "merchant_id": m.merchant_id,
@@ -801,7 +809,7 @@ class _Run:
                 "amount": round(min(usd * fx, MAX_AMOUNT), ndp),
                 "currency": currency,
                 "channel": "ecom" if ecom else "pos",
-                "country": fraud_country if ecom else card.home,
+                "country": abroad,
                 "status": "approved",
                 "device_id": fraud_device if ecom else None,
                 "ip": fraud_ip if ecom else None,
