@@ -128,6 +128,7 @@ class Status:
     bootstrap: str
     lake: Path
     children: list[Child]
+    broker_pid: int | None = None
     started: float = field(default_factory=time.monotonic)
     last: dict = field(default_factory=dict)
 
@@ -156,6 +157,7 @@ class Status:
             "processes": {c.name: {"pid": c.process.pid if c.process else None,
                                    "alive": bool(c.process and c.process.poll() is None),
                                    "restarts": c.restarts} for c in self.children},
+            "broker_pid": self.broker_pid,
         }
         return self.last
 
@@ -236,7 +238,7 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
             child.start()
             children.append(child)
 
-        status = Status(bootstrap, lake, children)
+        status = Status(bootstrap, lake, children, broker.pid if broker else None)
         status.collect()
         page = serve_status(status, settings.service.bind_host, settings.service.status_port)
         host, port = page.server_address[:2]

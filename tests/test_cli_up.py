@@ -1,0 +1,77 @@
+"""End to end, as a user runs it: `riskstream up`, `riskstream sql` in another shell, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from processes import ROOT, wait_until
+from sinks.clickhouse import query_rows
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake"),
+           "RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
+           "RISKSTREAM_STATUS_PORT": "0", "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": "2"}
+    env.pop("RISKSTREAM_KAFKA_BOOTSTRAP", None)
+    out_path = tmp_path / "up.out"
+    with open(out_path, "wb") as out:
+        up = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "up", "--rate", "300"],
+                              cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        page = wait_until(lambda: re.search(r"status page (http://\S+/)", out_path.read_text()),
+                          timeout_s=60, what="the status page URL").group(1)
+        assert "lake" in out_path.read_text()
+
+        def lake_count() -> int:
+            return query_rows(tmp_path / "lake",
+                              "SELECT count() AS n FROM scored_transactions")[0]["n"]
+
+        # Another shell: `riskstream sql` shows rows, then more rows.
+        first = wait_until(lake_count, timeout_s=120, what="rows in scored_transactions")
+        wait_until(lambda: lake_count() > first, timeout_s=60, what="the row count to grow")
+        wait_until(lambda: " in: transactions=" in out_path.read_text(), timeout_s=30,
+                   what="a status line")
+        with urllib.request.urlopen(page + "api/v1/status", timeout=5) as r:
+            status = json.load(r)
+        assert status["events_in"]["transactions"] > 0
+        pids = [p["pid"] for p in status["processes"].values()] + [status["broker_pid"]]
+        assert all(_alive(pid) for pid in pids)
+
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        assert up.wait(90) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    output = out_path.read_text()
+    summary = json.loads(output.split("summary: ", 1)[1].splitlines()[0])
+    # Ctrl-C drained and flushed: every scored event is in the lake.
+    rows = summary["lake_rows"]
+    assert rows["scored_transactions"] == lake_count() > first
+    assert (rows["scored_transactions"] + rows["scored_applications"] + rows["metric_samples"]
+            == summary["scored"])
+    assert wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=10,
+                      what="no orphan process"), pids
