@@ -1,0 +1,22 @@
+"""Fixtures shared by the test modules. Factories live in their own modules (factories.py,
+lake_fixtures.py); fixtures used by one module stay in that module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pipelines.broker import EmbeddedBroker, ensure_topics
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One embedded Tansu broker for the session, with every riskstream topic (4 partitions).
+
+    Shared: tests that need topics nobody else writes (a consumer reading from the earliest
+    offset) start their own ``EmbeddedBroker`` (0.2 s) instead.
+    """
+    with EmbeddedBroker() as embedded:
+        ensure_topics(embedded.bootstrap, partitions=4)
+        yield embedded
