@@ -23,6 +23,8 @@ METRIC_SAMPLES = "metric-samples"
 METRIC_ANOMALIES = "metric-anomalies"
 AGGREGATES = "aggregates"
 ALERTS = "alerts"
+ALERT_DELIVERIES = "alert-deliveries"
+MODEL_QUALITY = "model-quality"
 
 OUTPUT_TOPICS: tuple[str, ...] = (
     SCORED_TRANSACTIONS,
@@ -31,6 +33,8 @@ OUTPUT_TOPICS: tuple[str, ...] = (
     METRIC_ANOMALIES,
     AGGREGATES,
     ALERTS,
+    ALERT_DELIVERIES,
+    MODEL_QUALITY,
     DEAD_LETTER,
 )
 
@@ -44,5 +48,7 @@ TABLE_OF_TOPIC = {
     METRIC_ANOMALIES: "metric_anomalies",
     AGGREGATES: "aggregates",
     ALERTS: "alerts",
+    ALERT_DELIVERIES: "alert_deliveries",
+    MODEL_QUALITY: "model_quality",
     DEAD_LETTER: "dead_letter",
 }

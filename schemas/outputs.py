@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipelines.topics import (
-    AGGREGATES, ALERTS, DEAD_LETTER, METRIC_ANOMALIES, METRIC_SAMPLES, SCORED_APPLICATIONS,
+    AGGREGATES, ALERT_DELIVERIES, ALERTS, MODEL_QUALITY, DEAD_LETTER, METRIC_ANOMALIES, METRIC_SAMPLES, SCORED_APPLICATIONS,
     SCORED_TRANSACTIONS, TABLE_OF_TOPIC,
 )
 
@@ -115,6 +115,32 @@ ALERT = pa.schema([
     pa.field("created_at", TS, nullable=False),
 ])
 
+ALERT_DELIVERY = pa.schema([
+    pa.field("delivery_id", STR, nullable=False),   # f"{alert_id}:{channel}:{attempt}"
+    pa.field("alert_id", STR, nullable=False),
+    pa.field("channel", STR, nullable=False),       # webhook | slack | email | alertmanager | log
+    pa.field("outcome", STR, nullable=False),       # delivered | failed | undeliverable | silenced
+    pa.field("attempt", I64, nullable=False),
+    pa.field("status_code", I64),
+    pa.field("error", STR),
+    pa.field("latency_ms", F64),
+    pa.field("delivered_at", TS, nullable=False),
+])
+
+MODEL_QUALITY_RECORD = pa.schema([
+    pa.field("model_version", STR, nullable=False),
+    pa.field("stream", STR, nullable=False),        # transactions | applications
+    pa.field("role", STR, nullable=False),          # champion | challenger
+    pa.field("window_end", TS, nullable=False),     # quality over labels known up to here
+    pa.field("n", I64, nullable=False),
+    pa.field("positives", I64, nullable=False),
+    pa.field("roc_auc", F64),
+    pa.field("average_precision", F64),
+    pa.field("precision_at_review", F64),
+    pa.field("recall_at_review", F64),
+    pa.field("computed_at", TS, nullable=False),
+])
+
 DEAD_LETTER_RECORD = pa.schema([
     pa.field("source_topic", STR, nullable=False),
     pa.field("source_partition", pa.int32()),
@@ -134,6 +160,8 @@ SCHEMA_OF_TOPIC: dict[str, pa.Schema] = {
     METRIC_ANOMALIES: METRIC_SAMPLE,
     AGGREGATES: AGGREGATE,
     ALERTS: ALERT,
+    ALERT_DELIVERIES: ALERT_DELIVERY,
+    MODEL_QUALITY: MODEL_QUALITY_RECORD,
     DEAD_LETTER: DEAD_LETTER_RECORD,
 }
 
@@ -144,6 +172,8 @@ TIME_COLUMN: dict[str, str] = {
     METRIC_ANOMALIES: "event_time",
     AGGREGATES: "window_start",
     ALERTS: "created_at",
+    ALERT_DELIVERIES: "delivered_at",
+    MODEL_QUALITY: "window_end",
     DEAD_LETTER: "received_at",
 }
 
