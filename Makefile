@@ -1,5 +1,6 @@
 # The two commands: `make up` (install + run on the embedded defaults) and `make test`.
-PYTHON ?= python3.11
+# Python 3.11: python3.11 if it is on PATH, else python3 if that is 3.11 (override: PYTHON=...).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || (python3 -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null && command -v python3))
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: up test install clean
 
 $(BIN)/python:
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "riskstream needs Python 3.11 ($(PYTHON) not found; set PYTHON=...)"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "riskstream needs Python 3.11: install it, or set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
