@@ -1,79 +1,389 @@
-"""Online anomaly scoring of system metrics, one state per series (host x metric).
+"""Online anomaly scoring of system metrics, one detector state per series (host x metric).
 
-A first detector (the anomaly issue deepens it): per series, River's exponentially weighted
-mean and variance; the score is how far a sample lies outside the expected band, mapped to
-[0, 1] so one threshold serves every series. Anomalous samples do not update the baseline, so
-a long incident does not become the new normal at once.
+How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sample):
 
-Scores are 0 for the first ``warmup`` samples of a new series: no alarm storm on first sight.
+1. **Two forecasts, the better one wins.** A robust level (an exponentially weighted mean
+   updated with *clipped* residuals, so an outlier moves it by at most a few noise units) and,
+   once a day of data has been seen, a seasonal profile (per time-of-day bin, the same clipped
+   update across days). Each keeps the EW mean absolute error of its own forecasts; the
+   forecast with the smaller recent error is the expected value. Daily patterns (and square
+   waves) are then predicted rather than flagged, and a series without seasonality falls back
+   to its level.
+2. **Multi-scale residuals.** The residual in units of that error is the *point* surprise
+   (spikes); its short exponentially weighted mean is the *shift* surprise (level shifts and
+   drift: many moderately high residuals of one sign).
+3. **Calibrated by the series' own history.** The log-surprise is standardised by the running
+   mean and spread of the series' own log-surprises (anomalous ones excluded) and mapped
+   through a Gaussian tail probability to ``score = -log10(p) / DECADES``: one threshold means
+   the same rarity on every series, and the tail keeps its resolution (no ties at 1.0).
+4. **One alarm per episode.** After a score reaches ``anomaly_threshold``, later samples of the
+   same episode are reported just under the threshold unless they are more surprising than the
+   episode's peak; the episode ends after ``quiet_samples`` calm samples. A level shift that
+   persists is absorbed: after ``rebase_after`` samples off to one side, the level is reset to
+   the new one, so an incident does not alarm forever, and does not become the normal at once.
+
+Reasons: ``spike`` (the point residual dominates), ``level_shift`` / ``drift`` (the short mean
+dominates; abrupt vs gradual), ``out_of_range`` (beyond everything the series has shown),
+``stuck`` (a varying series repeats one value ``stuck_after`` times), ``silent`` (from
+:meth:`MetricScorer.silent_series`).
+
+Limits: scores are 0 for the first ``warmup`` samples of a new series (no alarm storm on
+first sight); seasonality needs one day of data and a sampling interval of 2 hours or less.
 """
 
 from __future__ import annotations
 
 import math
-
-from river import stats
+from array import array
 
 from agents.features import BoundedDict
 
-PERCENT_METRICS = frozenset({"cpu", "memory", "error_rate"})
+DAY_MS = 86_400_000
+# Calibration by peaks over a threshold (extreme-value theory, an exponential tail): surprises
+# beyond TAIL_FROM error units are the tail; P(surprise > u) = rate * exp(-(u - TAIL_FROM) /
+# mean_excess), with the rate and the mean excess learned per series. 3 units of mean absolute
+# error is ~2.4 sd of Gaussian noise (1.6 % of samples): far enough out to be a tail, common
+# enough to be learned in a day. The priors are those of Gaussian noise.
+TAIL_FROM = 3.0
+PRIOR_TAIL_RATE = 0.016
+PRIOR_TAIL_MEAN = 0.5
+# An excess updates the mean excess with weight 0.05 (a memory of ~20 excesses), capped at 10x
+# the current mean: at most +45 % per excess, so a recurring spike is learned in a few
+# occurrences while one incident does not blind the detector.
+TAIL_MEAN_ALPHA = 0.05
+EXCESS_CAP = 10.0
+# Rarity (-log10 of the tail probability) that scores ``anomaly_threshold``: 1e-7 is about one
+# false alarm per series per 3 years at one sample a minute.
+ALARM_DECADES = 7.0
+# Samples rarer than 1 in 100 are not calm: they keep an anomaly episode open.
+CALM_DECADES = 2.0
+DAY_MS = 86_400_000
+_LOG10 = math.log(10.0)
+STATE_VERSION = 1
 
 
 class _Series:
-    __slots__ = ("mean", "var", "n", "last_value", "stuck")
+    """The detector state of one series; plain floats so that it serialises to JSON."""
 
-    def __init__(self, fading_factor: float) -> None:
-        self.mean = stats.EWMean(fading_factor)
-        self.var = stats.EWVar(fading_factor)
+    __slots__ = (
+        "n", "t_first", "t_last", "dt_ew", "level", "mae", "season", "s_mae", "bin_ms",
+        "zs", "tail_rate", "tail_mean", "episode_peak", "calm", "side_run", "last_value",
+        "repeats", "repeat_rate", "vmin", "vmax", "silent_reported", "jump",
+    )
+
+    def __init__(self) -> None:
         self.n = 0
-        self.last_value: float | None = None
-        self.stuck = 0
+        self.t_first = 0
+        self.t_last = 0
+        self.dt_ew = 0.0
+        self.level = 0.0
+        self.mae = 0.0
+        self.season: array | None = None
+        self.s_mae = 0.0
+        self.bin_ms = 0
+        self.zs = 0.0
+        self.tail_rate = PRIOR_TAIL_RATE
+        self.tail_mean = PRIOR_TAIL_MEAN
+        self.episode_peak = 0.0
+        self.calm = 0
+        self.side_run = 0
+        self.last_value = 0.0
+        self.repeats = 0
+        self.repeat_rate = 0.0
+        self.vmin = 0.0
+        self.vmax = 0.0
+        self.silent_reported = False
+        self.jump = 0.0
+
+    def to_state(self) -> dict:
+        state = {k: getattr(self, k) for k in self.__slots__ if k != "season"}
+        state["season"] = (None if self.season is None
+                           else [None if v != v else v for v in self.season])
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> _Series:
+        s = cls()
+        for k in cls.__slots__:
+            if k != "season":
+                setattr(s, k, state[k])
+        season = state["season"]
+        s.season = None if season is None else array(
+            "d", [math.nan if v is None else v for v in season])
+        return s
 
 
 class MetricScorer:
-    """Score each sample of each series against that series' own recent behaviour."""
+    """Score each sample of each series against that series' own behaviour.
 
-    model_version = "metric-ewz-v0"
+    Parameters
+    ----------
+    anomaly_threshold
+        Scores at or above it are alarms; the episode logic keeps follow-up samples under it.
+    warmup
+        Samples of a new series scored 0 while its baseline forms (no alarm storm).
+    level_alpha
+        Weight of a new sample in the robust level: 0.05 is a ~20-sample memory, short enough
+        to follow slow trends, long enough to average noise out.
+    season_alpha
+        Weight of a new day in a time-of-day bin: 0.5 halves the influence of any one day, so a
+        one-day incident leaves only a clipped trace on the next day's forecast.
+    error_alpha
+        Memory of the forecast errors (0.02: ~50 samples), which pick the forecast and scale
+        the residuals.
+    shift_alpha
+        The short mean of residuals that reveals level shifts: 0.25, a ~7-sample span.
+    calib_alpha
+        Memory of the log-surprise distribution: 0.002, ~500 samples (about two days at 5 min),
+        long enough to hold a few rare events, short enough to adapt to a changed regime.
+    clip
+        Residuals are clipped at ``clip`` error units when they update the baselines: 3 is the
+        usual Huber/winsorising choice (clean Gaussian noise is barely touched).
+    quiet_samples
+        Calm samples (standardised surprise below 2) that end an anomaly episode.
+    rebase_after
+        Consecutive samples with the short mean beyond ``clip`` on one side after which the
+        level is reset: a shift confirmed that long is the new normal.
+    stuck_after
+        Identical consecutive values that make a normally varying series ``stuck``.
+    silence_factor
+        A series is silent when it has not reported for this many usual intervals.
+    max_series, evict_after_ms
+        Memory bounds: at most ``max_series`` states (least recently updated evicted first),
+        and :meth:`silent_series` drops series silent for longer than ``evict_after_ms``.
+    """
 
-    def __init__(self, *, fading_factor: float = 0.05, warmup: int = 30, z_alarm: float = 4.0,
-                 stuck_after: int = 30, max_series: int = 50_000, anomaly_threshold: float = 0.9
-                 ) -> None:
-        self.fading_factor = fading_factor
-        self.warmup = warmup
-        self.z_alarm = z_alarm
-        self.stuck_after = stuck_after
-        self.max_series = max_series
+    model_version = "metric-robust-seasonal-v1"
+
+    def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 200,
+                 level_alpha: float = 0.05, season_alpha: float = 0.5,
+                 error_alpha: float = 0.02, shift_alpha: float = 0.25,
+                 calib_alpha: float = 0.002, clip: float = 3.0, quiet_samples: int = 12,
+                 rebase_after: int = 12, stuck_after: int = 30, silence_factor: float = 5.0,
+                 max_series: int = 50_000, evict_after_ms: int = 7 * DAY_MS) -> None:
         self.anomaly_threshold = anomaly_threshold
+        self.warmup = warmup
+        self.level_alpha = level_alpha
+        self.season_alpha = season_alpha
+        self.error_alpha = error_alpha
+        self.shift_alpha = shift_alpha
+        self.calib_alpha = calib_alpha
+        self.clip = clip
+        self.quiet_samples = quiet_samples
+        self.rebase_after = rebase_after
+        self.stuck_after = stuck_after
+        self.silence_factor = silence_factor
+        self.max_series = max_series
+        self.evict_after_ms = evict_after_ms
         self._series: BoundedDict[str, _Series] = BoundedDict(max_series)
+        # The short mean of i.i.d. residuals has a smaller spread than one residual: this
+        # factor puts both surprises on one scale (sd of an EW mean = sqrt(a / (2 - a))).
+        self._shift_gain = math.sqrt((2.0 - shift_alpha) / shift_alpha)
+        # score = decades / (decades + half): ALARM_DECADES of rarity score anomaly_threshold
+        self._decades_half = ALARM_DECADES * (1.0 - anomaly_threshold) / anomaly_threshold
 
+    # ------------------------------------------------------------------ the hot path
     def score_record(self, event: dict, scored_at_ms: int) -> dict:
+        """Score one sample; learn from it; return the event with the score fields."""
         key = f"{event['host']}/{event['metric']}"
-        s = self._series.get(key) or _Series(self.fading_factor)
-        value = float(event["value"])
-        mean = s.mean.get() if s.n else value
-        std = math.sqrt(max(s.var.get(), 0.0)) if s.n > 1 else 0.0
-        # A floor on the spread: a perfectly flat series must not alarm on a 0.1 % wobble.
-        spread = max(std, 0.01 * abs(mean), 1e-6)
-        z = abs(value - mean) / spread
-        s.stuck = s.stuck + 1 if s.last_value == value else 0
-        reason = None
-        if s.n < self.warmup:
-            score = 0.0
+        series = self._series
+        s = series.get(key)
+        if s is None:
+            s = _Series()
+        score, expected, lower, upper, reason = self._step(s, int(event["event_time"]),
+                                                           float(event["value"]))
+        series[key] = s
+        return {**event, "score": score, "expected": expected, "lower": lower,
+                "upper": upper, "reason": reason, "scored_at": scored_at_ms}
+
+    def _step(self, s: _Series, t: int, x: float):
+        n = s.n
+        if n == 0:
+            s.t_first = s.t_last = t
+            s.level = s.last_value = s.vmin = s.vmax = x
+            s.n = 1
+            return 0.0, x, x, x, None
+        # ---- sampling interval (for silence and the seasonal bins)
+        dt = t - s.t_last
+        if dt > 0:
+            s.dt_ew = dt if s.dt_ew == 0.0 else s.dt_ew + 0.1 * (dt - s.dt_ew)
+        s.t_last = max(t, s.t_last)
+        s.silent_reported = False
+        clip = self.clip
+        # ---- forecasts
+        level = s.level
+        scale_floor = 1e-9 + 1e-6 * abs(level)
+        mae = s.mae if s.mae > scale_floor else scale_floor
+        expected, scale = level, mae
+        e_level = x - level
+        season = s.season
+        e_season = None
+        if season is None and n >= 16 and s.dt_ew > 0.0:
+            # fix the bin width once: the sampling interval, at least 5 min (<= 288 bins a day)
+            bin_ms = max(300_000, int(s.dt_ew))
+            if DAY_MS // bin_ms >= 12:
+                s.bin_ms = bin_ms
+                season = s.season = array("d", [math.nan]) * (DAY_MS // bin_ms)
+        if season is not None:
+            b = (t // s.bin_ms) % len(season)
+            sv = season[b]
+            if sv == sv:  # filled
+                e_season = x - sv
+                if t - s.t_first >= DAY_MS and s.s_mae < s.mae:
+                    expected = sv
+                    smae = s.s_mae
+                    scale = smae if smae > scale_floor else scale_floor
+        z = (x - expected) / scale
+        # ---- multi-scale surprise
+        zc = z if -clip <= z <= clip else (clip if z > 0 else -clip)
+        zs = s.zs + self.shift_alpha * (z - s.zs)
+        s.zs = zs
+        u = abs(z)
+        us = abs(zs) * self._shift_gain
+        surprise = u if u >= us else us
+        # ---- calibration: the tail of the series' own surprises (peaks over a threshold)
+        rate, beta = s.tail_rate, s.tail_mean
+        if surprise > TAIL_FROM:
+            decades = -math.log10(rate) + (surprise - TAIL_FROM) / (beta * _LOG10)
         else:
-            # z_alarm standard deviations map to the anomaly threshold; the curve saturates at 1.
-            score = 1.0 - math.exp(-z / self.z_alarm * -math.log(1.0 - self.anomaly_threshold))
-            if event["metric"] in PERCENT_METRICS and not 0.0 <= value <= 100.0:
-                score, reason = 1.0, "out_of_range"
-            elif score >= self.anomaly_threshold:
-                reason = "spike" if z > 2 * self.z_alarm else "level_shift"
-            elif s.stuck >= self.stuck_after and std > 0:
-                score, reason = max(score, self.anomaly_threshold), "stuck"
-        if score < self.anomaly_threshold or s.n < self.warmup:
-            s.mean.update(value)
-            s.var.update(value)
-        s.n += 1
-        s.last_value = value
-        self._series[key] = s
-        band = self.z_alarm * spread
-        return {**event, "score": score, "expected": mean, "lower": mean - band,
-                "upper": mean + band, "reason": reason, "scored_at": scored_at_ms}
+            decades = -math.log10(rate) * surprise / TAIL_FROM
+        raw = decades / (decades + self._decades_half)
+        # ---- episode: one alarm, then follow-ups held under the threshold
+        thr = self.anomaly_threshold
+        score = raw
+        if n < self.warmup:
+            score = 0.0
+        elif s.episode_peak > 0.0:
+            if raw > s.episode_peak:
+                s.episode_peak = raw
+            else:
+                score = raw if raw < thr else thr * 0.999
+        elif raw >= thr:
+            s.episode_peak = raw
+        if decades < CALM_DECADES:
+            s.calm += 1
+            if s.calm >= self.quiet_samples:
+                s.episode_peak = 0.0
+        else:
+            s.calm = 0
+        # ---- reason
+        reason = None
+        repeated = x == s.last_value
+        s.repeats = s.repeats + 1 if repeated else 0
+        if n >= self.warmup and s.repeats == self.stuck_after and s.repeat_rate < 0.1:
+            score, reason = max(score, thr), "stuck"
+        elif score >= thr:
+            if x > s.vmax + 0.5 * (s.vmax - s.vmin) or x < s.vmin - 0.5 * (s.vmax - s.vmin):
+                reason = "out_of_range"
+            elif u >= us:
+                reason = "spike"
+            else:
+                reason = "level_shift" if abs(s.jump) >= clip else "drift"
+        # ---- learn (clipped, so anomalies barely move the baselines)
+        a = self.level_alpha
+        if abs(zs) > clip:
+            s.side_run = s.side_run + 1
+        else:
+            s.side_run = 0
+        if s.side_run >= self.rebase_after:
+            # a confirmed shift: the new level is the normal now
+            s.level = x
+            s.side_run = 0
+            s.zs = 0.0
+        else:
+            el = e_level / mae
+            if el > clip:
+                el = clip
+            elif el < -clip:
+                el = -clip
+            s.level = level + a * el * mae
+        ea = self.error_alpha
+        ael = abs(e_level)
+        if n * ea < 1.0:
+            # the first 1 / error_alpha samples: a plain running mean (no clipping before
+            # there is a scale to clip at), then the clipped exponential mean
+            s.mae += (ael - s.mae) / n
+        else:
+            s.mae += ea * ((ael if ael < clip * mae else clip * mae) - s.mae)
+        if season is not None:
+            if e_season is None:
+                season[b] = x
+            else:
+                smae = s.s_mae if s.s_mae > scale_floor else scale_floor
+                aes = abs(e_season)
+                if t - s.t_first < DAY_MS:
+                    s.s_mae += 0.1 * (aes - s.s_mae)
+                else:
+                    s.s_mae += ea * ((aes if aes < clip * smae else clip * smae) - s.s_mae)
+                es = e_season if -clip * smae <= e_season <= clip * smae else (
+                    clip * smae if e_season > 0 else -clip * smae)
+                season[b] = season[b] + self.season_alpha * es
+        # the tail learns from every sample, but one excess moves its mean by at most 45 %:
+        # recurring spikes become normal after a few occurrences, one incident does not
+        ca = self.calib_alpha
+        if surprise > TAIL_FROM:
+            s.tail_rate = rate + ca * (1.0 - rate)
+            excess = surprise - TAIL_FROM
+            cap = EXCESS_CAP * beta
+            s.tail_mean = beta + TAIL_MEAN_ALPHA * ((excess if excess < cap else cap) - beta)
+        else:
+            s.tail_rate = rate - ca * rate
+            if s.tail_rate < ca:
+                s.tail_rate = ca
+        s.jump = zc if u >= clip else s.jump * 0.8
+        s.repeat_rate += 0.01 * ((1.0 if repeated else 0.0) - s.repeat_rate)
+        s.last_value = x
+        if x < s.vmin:
+            s.vmin = x
+        elif x > s.vmax:
+            s.vmax = x
+        s.n = n + 1
+        # band: where the point surprise alone would reach the alarm threshold
+        half = scale * (TAIL_FROM + beta * _LOG10 * (ALARM_DECADES + math.log10(rate)))
+        return score, expected, expected - half, expected + half, reason
+
+    # ------------------------------------------------------------------ silence
+    def silent_series(self, now_event_ms: int) -> list[dict]:
+        """One ``silent`` record per series quiet for more than ``silence_factor`` intervals.
+
+        Each silence episode is reported once (the next sample of the series re-arms it).
+        Series silent for longer than ``evict_after_ms`` are forgotten (bounded memory).
+        """
+        out = []
+        evict = []
+        for key, s in self._series.items():
+            if s.n < 3 or s.dt_ew <= 0.0:
+                continue
+            quiet = now_event_ms - s.t_last
+            if quiet > self.evict_after_ms:
+                evict.append(key)
+                continue
+            if not s.silent_reported and quiet > self.silence_factor * s.dt_ew:
+                s.silent_reported = True
+                host, _, metric = key.partition("/")
+                out.append({"event_id": f"silent:{key}:{s.t_last}", "event_time": now_event_ms,
+                            "host": host, "metric": metric, "value": None, "score": 1.0,
+                            "expected": s.level, "lower": None, "upper": None,
+                            "reason": "silent", "scored_at": now_event_ms,
+                            "last_seen": s.t_last})
+        for key in evict:
+            del self._series[key]
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> dict:
+        """JSON-able state that resumes *after* the last scored sample.
+
+        Restoring it (:meth:`load_state`) and scoring the next samples gives the same scores
+        as never having stopped.
+        """
+        return {"version": STATE_VERSION, "model_version": self.model_version,
+                "series": {k: s.to_state() for k, s in self._series.items()}}
+
+    def load_state(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"metric scorer state version {state.get('version')!r} is not "
+                             f"{STATE_VERSION}: discard it and let the series warm up again")
+        self._series.clear()
+        for key, s in state["series"].items():
+            self._series[key] = _Series.from_state(s)
