@@ -1,179 +1,318 @@
 """Online fraud and application-risk scorers: plain Python over dicts, no Faust, no broker.
 
-A first model per stream (the foundation; the scoring issue deepens it):
+Score first, learn later
+------------------------
+``score_record(event)`` computes the event's features from per-key state in event time
+(``agents/fraud_features.py``, ``agents/fraud_identity.py``), scores them and keeps them,
+as a compact array, until the event's label arrives on the ``labels`` stream
+(``learn_label``), or until ``label_ttl_s`` of event time has passed, after which the event
+is learned as genuine (no news is good news: most genuine events are never labelled).
 
-- an unsupervised River ``HalfSpaceTrees`` over features scaled to [0, 1] scores from the first
-  event;
-- a supervised River logistic regression learns from the delayed ``labels`` stream: the
-  features of every scored event wait (bounded, by event id) until its label arrives.
+The model
+---------
+- an unsupervised River ``HalfSpaceTrees`` over a few behaviour features scaled to [0, 1];
+  its score's rank among recent scores is a feature of the classifier (and the whole score
+  during the cold start, calibrated so that about ``alert_share`` of traffic is flagged);
+- a supervised River pipeline, ``StandardScaler | LogisticRegression``, learned from the
+  delayed labels. Genuine events are learned at the rate ``negative_rate`` (fraud is ~1 % of
+  traffic: the classifier learns a balanced-enough sample, and 5x faster); the probability is
+  then corrected for that sampling, ``p * r / (p * r + 1 - p)``, so the score is a calibrated
+  probability of fraud again;
+- reasons: the features that moved the score most, i.e. the largest ``weight * z`` of the
+  standardised features (0 = an average event), mapped to reason codes; during the cold
+  start, rule flags.
 
-The detector's raw scores are not probabilities: they are turned into their rank among recent
-scores, calibrated so that the top ``alert_share`` of traffic scores at least ``decline_at``
-(cold start: about 0.5 % of events reach review/decline, not 10 %). Once ``min_labels`` labels
-were learned, the score is the mean of that and the classifier's probability, which also sees
-the detector's rank as a feature.
+Limits: the first ``min_labels`` labels the score is the detector's rank (uncalibrated as a
+probability); per-key state and pending events are bounded (``max_cards``, ``max_pending``:
+past it, the oldest pending event is learned as genuine early).
 """
 
 from __future__ import annotations
 
+import math
+import random
+from collections import deque
+from typing import Protocol
+
 from river import anomaly, linear_model, optim, preprocessing
 
-from agents.features import BoundedDict, RollingRank, calibrated, decision_of, log_scale
+from agents.features import RollingRank, calibrated, decision_of
+from agents.fraud_features import DAY_MS, TX_REASON_OF, TransactionFeatures, pack
+from agents.fraud_identity import APP_REASON_OF, ApplicationFeatures
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
+DETECTOR_FEATURE = "detector_rank"
+
+
+class FeatureSource(Protocol):
+    """What a scorer needs of its feature extractor."""
+
+    names: tuple[str, ...]
+
+    def compute(self, event: dict) -> list[float]: ...
 
 
 class _Scorer:
-    """Shared mechanics: detector + classifier + pending features awaiting their label."""
+    """Shared mechanics: features -> detector + classifier; pending events await labels."""
 
-    model_version = "v0"
+    model_version = "v1"
+    reason_of: dict[str, str] = {}
 
-    def __init__(self, *, seed: int = 42, min_labels: int = 50, max_pending: int = 200_000,
-                 review_at: float = 0.7, decline_at: float = 0.9, alert_share: float = 0.005
-                 ) -> None:
+    def __init__(self, *, seed: int = 42, min_labels: int = 50, max_pending: int = 2_000_000,
+                 label_ttl_s: float = 30 * 86_400, review_at: float = 0.7,
+                 decline_at: float = 0.9, alert_share: float = 0.005,
+                 negative_rate: float = 0.2, learning_rate: float = 0.05,
+                 n_reasons: int = 3) -> None:
+        if not 0.0 < negative_rate <= 1.0:
+            raise ValueError(f"negative_rate: must be in (0, 1], got {negative_rate!r}")
+        if not 0.0 <= review_at <= decline_at <= 1.0:
+            raise ValueError(f"review_at <= decline_at in [0, 1]: got {review_at!r}, "
+                             f"{decline_at!r}")
         self.seed = seed
         self.min_labels = min_labels
         self.max_pending = max_pending
+        self.label_ttl_s = label_ttl_s
         self.review_at = review_at
         self.decline_at = decline_at
         self.alert_share = alert_share
+        self.negative_rate = negative_rate
+        self.learning_rate = learning_rate
+        self.n_reasons = n_reasons
+        self._rng = random.Random(seed)
         self._rank = RollingRank(2000)
         # HalfSpaceTrees wants features in [0, 1]; window_size is the reference window in events.
-        self._detector = anomaly.HalfSpaceTrees(n_trees=10, height=8, window_size=250, seed=seed)
-        self._classifier = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(0.05))
-        self._pending: BoundedDict[str, dict] = BoundedDict(max_pending)
+        self._detector = anomaly.HalfSpaceTrees(n_trees=5, height=6, window_size=250, seed=seed)
+        self._scaler = preprocessing.StandardScaler()
+        self._classifier = linear_model.LogisticRegression(
+            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate)
+        # event_id -> (event_time, features, label context); expiry in scoring order
+        self._pending: dict[str, tuple] = {}
+        self._expiry: deque[tuple[int, str]] = deque()
+        self._ttl_ms = int(label_ttl_s * 1000)
+        self._watermark = -(2 ** 62)
         self._n_labels = 0
+        self._n_fraud = 0
+        self._n_expired = 0
+        self._names: tuple[str, ...] = ()
 
-    def features(self, event: dict) -> dict[str, float]:  # pragma: no cover - abstract
+    # ----------------------------------------------------------------- to be specialised
+
+    def _compute(self, event: dict) -> list[float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def reasons(self, x: dict[str, float]) -> list[str]:  # pragma: no cover - abstract
+    def _detector_view(self, v: list[float]) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
-    def score_one(self, event: dict) -> tuple[float, dict[str, float]]:
-        """Score an event, learn it into the unsupervised detector, keep it for its label."""
-        x = self.features(event)
-        rank = self._rank.update(self._detector.score_one(x))
-        self._detector.learn_one(x)
-        score = calibrated(rank, share=self.alert_share, at=self.decline_at)
-        x = {**x, "detector_rank": rank}
+    def _context(self, event: dict) -> tuple:
+        return ()
+
+    def _learn_context(self, context: tuple, event_time: int, label: int,
+                       known_at: int) -> None:
+        pass
+
+    def _cold_reasons(self, x: dict[str, float]) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------- scoring
+
+    @property
+    def n_labels(self) -> int:
+        """Labels learned so far (explicit ones and TTL-expired genuine ones)."""
+        return self._n_labels
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._pending)
+
+    def features(self, event: dict) -> dict[str, float]:
+        """The event's features (this updates the per-key state: call once per event)."""
+        v = self._compute(event)
+        return dict(zip(self._names, v))
+
+    def score_one(self, event: dict) -> tuple[float, dict[str, float], list[str]]:
+        """Score an event; it waits, with its features, for its label.
+
+        Returns the score, the features and the reason codes.
+        """
+        t = event["event_time"]
+        if t > self._watermark:
+            self._watermark = t
+            self._expire(t - self._ttl_ms)
+        v = self._compute(event)
+        detector = self._detector
+        view = self._detector_view(v)
+        rank = self._rank.update(detector.score_one(view))
+        detector.learn_one(view)
+        v.append(rank)
+        x = dict(zip(self._names, v))
         if self._n_labels >= self.min_labels:
-            p = self._classifier.predict_proba_one(x).get(True, 0.0)
-            score = 0.5 * score + 0.5 * p
-        self._pending[event["event_id"]] = x
-        return min(1.0, max(0.0, score)), x
+            xs = self._scaler.transform_one(x)
+            weights = self._classifier._weights  # read-only: the contributions for reasons
+            contrib = {k: weights.get(k, 0.0) * z for k, z in xs.items()}
+            logit = sum(contrib.values()) + self._classifier.intercept
+            logit = -30.0 if logit < -30.0 else 30.0 if logit > 30.0 else logit
+            p = 1.0 / (1.0 + math.exp(-logit))
+            r = self.negative_rate
+            score = p * r / (p * r + 1.0 - p)  # undo the negative sampling: calibrated
+            reasons = self._reasons(contrib)
+        else:
+            score = calibrated(rank, share=self.alert_share, at=self.decline_at)
+            reasons = self._cold_reasons(x)
+        event_id = event["event_id"]
+        if event_id not in self._pending:
+            self._expiry.append((t, event_id))
+        self._pending[event_id] = (t, pack(v), self._context(event))
+        if len(self._pending) > self.max_pending:
+            self._expire(None)
+        return score, x, reasons
 
-    def learn_label(self, target_event_id: str, label: int) -> bool:
-        """Learn a delayed label; False when the event's features are no longer held."""
-        x = self._pending.pop(target_event_id, None)
-        if x is None:
-            return False
-        self._classifier.learn_one(x, bool(label))
-        self._n_labels += 1
-        return True
+    def _reasons(self, contrib: dict[str, float]) -> list[str]:
+        out: list[str] = []
+        reason_of = self.reason_of
+        for name, c in sorted(contrib.items(), key=_second, reverse=True):
+            if c <= 0.0:
+                break
+            code = reason_of.get(name, name)
+            if code not in out:
+                out.append(code)
+                if len(out) == self.n_reasons:
+                    break
+        return out
 
     def score_record(self, event: dict, scored_at_ms: int) -> dict:
-        score, x = self.score_one(event)
+        """The output record: the event plus score, decision, reasons, model version."""
+        score, _, reasons = self.score_one(event)
         return {**event, "score": score,
                 "decision": decision_of(score, self.review_at, self.decline_at),
-                "reasons": self.reasons(x), "model_version": self.model_version,
+                "reasons": reasons, "model_version": self.model_version,
                 "scored_at": scored_at_ms}
+
+    # -------------------------------------------------------------------------- learning
+
+    def learn_label(self, target_event_id: str, label: int, known_at_ms: int | None = None
+                    ) -> bool:
+        """Learn a delayed label; False when the event's features are no longer held.
+
+        ``known_at_ms`` is when the label became known (default: the latest event time seen);
+        the per-key label windows (merchant risk, card fraud) start counting it from then.
+        """
+        entry = self._pending.pop(target_event_id, None)
+        if entry is None:
+            return False
+        known_at = self._watermark if known_at_ms is None else known_at_ms
+        self._learn(entry, 1 if label else 0, known_at)
+        return True
+
+    def _learn(self, entry: tuple, label: int, known_at: int) -> None:
+        t, v, context = entry
+        self._learn_context(context, t, label, known_at)
+        self._n_labels += 1
+        if label:
+            self._n_fraud += 1
+        elif self._rng.random() >= self.negative_rate:
+            return  # genuine events are learned at negative_rate (corrected at scoring)
+        x = dict(zip(self._names, v))
+        self._scaler.learn_one(x)
+        self._classifier.learn_one(self._scaler.transform_one(x), bool(label))
+
+    def _expire(self, before_ms: int | None) -> None:
+        """Learn as genuine the pending events older than ``before_ms`` (or the oldest one,
+        when over ``max_pending``)."""
+        expiry, pending = self._expiry, self._pending
+        while expiry:
+            t, event_id = expiry[0]
+            if before_ms is not None and t >= before_ms:
+                return
+            expiry.popleft()
+            entry = pending.pop(event_id, None)
+            if entry is None:
+                continue  # labelled already
+            self._n_expired += 1
+            self._learn(entry, 0, self._watermark)
+            if before_ms is None and len(pending) <= self.max_pending:
+                return
+
+    def stats(self) -> dict[str, int]:
+        return {"labels": self._n_labels, "fraud_labels": self._n_fraud,
+                "expired_as_genuine": self._n_expired, "pending": len(self._pending)}
+
+
+def _second(item: tuple) -> float:
+    return item[1]
 
 
 class TransactionScorer(_Scorer):
-    """Per-card behaviour: amount against the card's own history, new device, new country,
-    bursts (time since the previous transaction), channel and hour."""
+    """Card transactions: spending windows, merchant risk from known labels, the card's
+    amount profile, new device / country, bursts (``agents/fraud_features.py``)."""
 
-    model_version = "txn-hst-lr-v0"
+    model_version = "txn-hst-lr-v1"
+    reason_of = TX_REASON_OF
 
-    def __init__(self, *, max_cards: int = 1_000_000, **kwargs) -> None:
+    def __init__(self, *, max_cards: int = 1_000_000, max_merchants: int = 500_000,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.max_cards = max_cards
-        # card_id -> [n, mean amount, last event ms, countries, devices]
-        self._cards: BoundedDict[str, list] = BoundedDict(max_cards)
+        self.max_merchants = max_merchants
+        self._features = TransactionFeatures(max_cards=max_cards, max_merchants=max_merchants)
+        self._names = (*self._features.names, DETECTOR_FEATURE)
+        self._compute = self._features.compute
+        n = self._features.names
+        self._i_view = [n.index(k) for k in ("amount_log", "amount_z", "gap_log",
+                                             "new_country", "new_device", "merchants_1h",
+                                             "card_n_1h")]
 
-    def features(self, event: dict) -> dict[str, float]:
-        t = event["event_time"]
-        amount = float(event["amount"])
-        card = self._cards.get(event["card_id"])
-        if card is None:
-            card = [0, 0.0, None, set(), set()]
-        n, mean, last_ms, countries, devices = card
-        gap_s = (t - last_ms) / 1000 if last_ms is not None else 86_400.0
-        x = {
-            "amount": log_scale(amount, 20_000),
-            "amount_vs_card": min(1.0, amount / (mean * 5)) if n and mean > 0 else 0.5,
-            "burst": 1.0 - log_scale(max(gap_s, 0.0), 86_400),
-            "new_country": float(n > 0 and event["country"] not in countries),
-            "new_device": float(n > 0 and event.get("device_id") is not None
-                                and event["device_id"] not in devices),
-            "ecom": float(event["channel"] in ("ecom", "moto")),
-            "night": float(((t % DAY_MS) // HOUR_MS) < 6),
-            "declined": float(event.get("status", "approved") != "approved"),
+    def _detector_view(self, v: list[float]) -> dict[str, float]:
+        a, z, gap, nc, nd, m1h, n1h = (v[i] for i in self._i_view)
+        return {
+            "amount": min(1.0, a / 10.0),                 # log1p(22,000) ~ 10
+            "amount_z": min(1.0, max(0.0, (z + 5.0) / 15.0)),
+            "burst": max(0.0, 1.0 - gap / 15.0),          # log1p(38 days in s) ~ 15
+            "new_country": nc,
+            "new_device": nd,
+            "merchants_1h": min(1.0, m1h / 10.0),
+            "velocity_1h": min(1.0, n1h / 3.0),
         }
-        countries.add(event["country"])
-        if event.get("device_id") is not None:
-            devices.add(event["device_id"])
-        # Bounded per card: the sets keep at most a handful of usual countries and devices.
-        if len(countries) > 8:
-            countries.pop()
-        if len(devices) > 8:
-            devices.pop()
-        self._cards[event["card_id"]] = [n + 1, mean + (amount - mean) / (n + 1), t,
-                                         countries, devices]
-        return x
 
-    _REASON_OF = {
-        "amount_vs_card": "amount_unusual_for_card", "burst": "rapid_repeat",
-        "new_country": "new_country", "new_device": "new_device", "declined": "declined",
-        "amount": "high_amount", "night": "night_time",
-    }
+    def _context(self, event: dict) -> tuple:
+        return (event["card_id"], event["merchant_id"], float(event["amount"]))
 
-    def reasons(self, x: dict[str, float]) -> list[str]:
-        flags = [(x["new_country"], "new_country"), (x["new_device"], "new_device"),
-                 (x["burst"] > 0.8 and 1.0 or 0.0, "rapid_repeat"),
-                 (x["amount_vs_card"] >= 0.99 and 1.0 or 0.0, "amount_unusual_for_card"),
-                 (x["amount"] > 0.8 and 1.0 or 0.0, "high_amount"),
-                 (x["declined"], "declined")]
-        return [name for on, name in flags if on][:3]
+    def _learn_context(self, context: tuple, event_time: int, label: int,
+                       known_at: int) -> None:
+        card_id, merchant_id, amount = context
+        self._features.learn_label(card_id, merchant_id, event_time, amount, label, known_at)
+
+    def _cold_reasons(self, x: dict[str, float]) -> list[str]:
+        flags = [(x["new_country"] > 0, "new_country"), (x["new_device"] > 0, "new_device"),
+                 (x["gap_log"] < 4.1, "rapid_repeat"),            # under a minute
+                 (x["amount_z"] > 3.0, "amount_unusual_for_card"),
+                 (x["merchant_risk_7d"] > 0.2, "merchant_fraud_risk"),
+                 (x["card_fraud_recent"] > 0, "card_recent_fraud"),
+                 (x["declined"] > 0, "declined")]
+        return [name for on, name in flags if on][:self.n_reasons]
 
 
 class ApplicationScorer(_Scorer):
-    """Identity reuse (same SSN hash, device, e-mail domain), amount against income, age."""
+    """Credit applications: identity velocity (SSN, device, IP, e-mail domain, address over
+    1 h / 1 day / 30 days), amount against income, employment consistency
+    (``agents/fraud_identity.py``)."""
 
-    model_version = "app-hst-lr-v0"
+    model_version = "app-hst-lr-v1"
+    reason_of = APP_REASON_OF
 
-    def __init__(self, *, max_identities: int = 1_000_000, **kwargs) -> None:
+    def __init__(self, *, max_identities: int = 2_000_000, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._seen: BoundedDict[str, int] = BoundedDict(max_identities)
+        self.max_identities = max_identities
+        self._features = ApplicationFeatures(max_keys=max_identities)
+        self._names = (*self._features.names, DETECTOR_FEATURE)
+        self._compute = self._features.compute
+        self._detector_view = self._features.detector_view
+        self._context = self._features.context
 
-    def _count(self, key: str | None) -> int:
-        if key is None:
-            return 0
-        n = self._seen.get(key, 0)
-        self._seen[key] = n + 1
-        return n
+    def _learn_context(self, context: tuple, event_time: int, label: int,
+                       known_at: int) -> None:
+        self._features.learn_label(context, label, known_at)
 
-    def features(self, event: dict) -> dict[str, float]:
-        income = float(event["income"])
-        requested = float(event["requested_amount"])
-        ratio = requested / income if income > 0 else 10.0
-        return {
-            "ssn_reuse": min(1.0, self._count("ssn:" + str(event.get("ssn_hash"))) / 3),
-            "device_reuse": min(1.0, self._count(
-                "dev:" + event["device_id"] if event.get("device_id") else None) / 5),
-            "amount_vs_income": min(1.0, ratio / 2),
-            "no_income": float(income <= 0),
-            "young": float(event.get("age_years", 40) < 21),
-            "unemployed": float(event["employment"] in ("unemployed", "student")),
-            "log_amount": log_scale(requested, 100_000),
-        }
+    def _cold_reasons(self, x: dict[str, float]) -> list[str]:
+        return self._features.cold_reasons(x)[:self.n_reasons]
 
-    def reasons(self, x: dict[str, float]) -> list[str]:
-        flags = [(x["ssn_reuse"] > 0, "identity_reuse"), (x["device_reuse"] > 0.2, "device_reuse"),
-                 (x["amount_vs_income"] >= 0.5, "amount_high_vs_income"),
-                 (x["no_income"] > 0, "no_income"), (x["young"] > 0, "young_applicant")]
-        return [name for on, name in flags if on][:3]
 
+__all__ = ["ApplicationScorer", "TransactionScorer", "DAY_MS"]

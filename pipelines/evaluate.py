@@ -17,10 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     fraud = which.add_parser("fraud", help="stream a labelled transactions file through the "
                              "fraud scorer: score first, learn when the label is released")
-    fraud.add_argument("--data", required=True, help="Parquet/CSV file (Fraud Detection "
-                       "Handbook layout, or riskstream's transaction schema with a label)")
+    fraud.add_argument("--data", default=None, help="Parquet/CSV file or directory (Fraud "
+                       "Detection Handbook layout, or riskstream's transaction schema with a "
+                       "label column)")
+    fraud.add_argument("--simulate", type=int, default=None, metavar="N",
+                       help="instead of --data: N messages of the built-in simulator "
+                       "(transactions, applications and their labels)")
     fraud.add_argument("--label-delay", default="7d", help="e.g. 7d, 12h (default 7d)")
-    fraud.add_argument("--warmup", default="7d", help="not scored in the figures (default 7d)")
+    fraud.add_argument("--label-ttl", default=None, help="unlabelled events are learned as "
+                       "genuine after this (default: the scorer's 30d; 4x the simulator's "
+                       "label delay with --simulate)")
+    fraud.add_argument("--warmup", default=None, help="not scored in the figures (default 7d; "
+                       "10m with --simulate)")
     fraud.add_argument("--json", dest="json_out", default=None, help="write the figures here")
     fraud.add_argument("--limit", type=int, default=None, help="only the first N events")
     fraud.set_defaults(func=_delegate("pipelines.eval_fraud"))

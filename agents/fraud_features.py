@@ -1,0 +1,327 @@
+"""Online transaction features in event time, from compact per-card and per-merchant state.
+
+Every window is an exponentially decayed aggregate: a count ``n`` decayed with time constant
+``tau`` approximates the count over the last ``tau`` (its kernel integrates to ``tau``), and
+costs two floats and one ``exp`` per update, whatever the traffic of the key. A card or a
+merchant therefore holds a fixed number of floats, plus small bounded sets (countries,
+devices, merchants of the last hour), never a list of its events.
+
+Merchant (terminal) fraud risk uses only labels already known: the scorer calls
+``learn_label`` when a label arrives, with the time it became known, and the risk windows
+decay from *that* time. A label that is 7 days late therefore moves the risk 7 days after
+its transaction, as it would in production.
+
+Limits: a card's first transactions have no history (``card_n_30d`` = 0 says so to the
+model); state of a card or merchant not seen for ``max_keys`` newer keys is forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+from agents.features import BoundedDict
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+# Card spending windows: bursts (10 min, 1 h) and habits (1, 7, 30 days).
+CARD_TAUS_MS = (10 * MINUTE_MS, HOUR_MS, DAY_MS, 7 * DAY_MS, 30 * DAY_MS)
+# Merchant traffic and known-label windows (1, 7, 30 days).
+MERCHANT_TAUS_MS = (DAY_MS, 7 * DAY_MS, 30 * DAY_MS)
+# The card's own amount profile (mean and variance of log amount) and its known fraud.
+PROFILE_TAU_MS = 30 * DAY_MS
+CARD_FRAUD_TAU_MS = 7 * DAY_MS
+MAX_SMALL_SET = 8       # usual countries / devices per card
+MAX_RECENT_MERCHANTS = 32
+
+_exp = math.exp
+_log = math.log
+_log1p = math.log1p
+_sqrt = math.sqrt
+
+# The feature vector, in a fixed order (pending events keep it as a compact array).
+TX_FEATURES: tuple[str, ...] = (
+    "amount_log",
+    "card_n_10m", "card_n_1h", "card_n_1d", "card_n_7d", "card_n_30d",
+    "card_mean_1d", "card_mean_7d", "card_mean_30d",
+    "amount_vs_1d", "amount_vs_7d", "amount_vs_30d", "amount_z",
+    "gap_log",
+    "new_country", "new_device", "merchants_1h",
+    "merchant_n_1d", "merchant_n_7d", "merchant_n_30d",
+    "merchant_risk_1d", "merchant_risk_7d", "merchant_risk_30d",
+    "card_known_fraud", "card_fraud_recent",
+    "declined", "ecom", "night", "weekend",
+)
+
+# Reason code of each feature (several windows of one behaviour share a code).
+TX_REASON_OF: dict[str, str] = {
+    "amount_log": "high_amount",
+    "card_n_10m": "card_velocity", "card_n_1h": "card_velocity", "card_n_1d": "card_velocity",
+    "card_n_7d": "card_activity", "card_n_30d": "card_activity",
+    "card_mean_1d": "card_spend_level", "card_mean_7d": "card_spend_level",
+    "card_mean_30d": "card_spend_level",
+    "amount_vs_1d": "amount_unusual_for_card", "amount_vs_7d": "amount_unusual_for_card",
+    "amount_vs_30d": "amount_unusual_for_card", "amount_z": "amount_unusual_for_card",
+    "gap_log": "rapid_repeat",
+    "new_country": "new_country", "new_device": "new_device", "merchants_1h": "many_merchants",
+    "merchant_n_1d": "merchant_volume", "merchant_n_7d": "merchant_volume",
+    "merchant_n_30d": "merchant_volume",
+    "merchant_risk_1d": "merchant_fraud_risk", "merchant_risk_7d": "merchant_fraud_risk",
+    "merchant_risk_30d": "merchant_fraud_risk",
+    "card_known_fraud": "card_recent_fraud", "card_fraud_recent": "card_recent_fraud",
+    "declined": "declined", "ecom": "card_not_present", "night": "night_time",
+    "weekend": "weekend", "detector_rank": "anomalous_pattern",
+}
+
+
+class CardState:
+    """What one card remembers: decayed windows, its amount profile, bounded small sets."""
+
+    __slots__ = ("t", "n", "s", "p_t", "p_w", "p_mean", "p_var", "f_t", "f_n", "last_fraud",
+                 "countries", "devices", "recent")
+
+    def __init__(self, t: int) -> None:
+        self.t = t                      # last update of the spending windows (ms)
+        self.n = [0.0] * len(CARD_TAUS_MS)
+        self.s = [0.0] * len(CARD_TAUS_MS)
+        self.p_t = t                    # amount profile: decayed weight, mean, var of log amount
+        self.p_w = 0.0
+        self.p_mean = 0.0
+        self.p_var = 0.0
+        self.f_t = t                    # known fraud on the card (from labels), decayed
+        self.f_n = 0.0
+        self.last_fraud = -1            # when the last fraud label of the card became known
+        self.countries: set[str] = set()
+        self.devices: set[str] = set()
+        self.recent: dict[str, int] = {}  # merchant -> last time, for the last hour
+
+
+class MerchantState:
+    """What one merchant (terminal) remembers: decayed traffic and known-label windows."""
+
+    __slots__ = ("t", "n", "l_t", "l_n", "l_f")
+
+    def __init__(self, t: int) -> None:
+        self.t = t
+        self.n = [0.0] * len(MERCHANT_TAUS_MS)
+        self.l_t = t                    # last label update (label-arrival time)
+        self.l_n = [0.0] * len(MERCHANT_TAUS_MS)  # labelled transactions, decayed
+        self.l_f = [0.0] * len(MERCHANT_TAUS_MS)  # of which fraud, decayed
+
+
+class TransactionFeatures:
+    """Per-card and per-merchant online features of card transactions.
+
+    ``compute(event)`` returns the event's features from the state *before* the event, then
+    adds the event to the state (score first: an event never sees itself). ``learn_label``
+    folds a label, once known, into the merchant's risk and the card's known fraud.
+
+    Parameters
+    ----------
+    max_cards, max_merchants
+        Keys kept; the least recently seen are forgotten beyond these.
+    risk_prior
+        Pseudo-count of the merchant risk's smoothing: a merchant with ``l`` labelled and
+        ``f`` fraudulent transactions has risk ``f / (l + risk_prior)``, so one fraud out of
+        one label is not a certainty.
+    """
+
+    names = TX_FEATURES
+
+    def __init__(self, *, max_cards: int = 1_000_000, max_merchants: int = 500_000,
+                 risk_prior: float = 1.0) -> None:
+        self.max_cards = max_cards
+        self.max_merchants = max_merchants
+        self.risk_prior = risk_prior
+        self._cards: BoundedDict[str, CardState] = BoundedDict(max_cards)
+        self._merchants: BoundedDict[str, MerchantState] = BoundedDict(max_merchants)
+
+    # ---------------------------------------------------------------------------- scoring
+
+    def compute(self, event: dict) -> list[float]:
+        """The event's feature values, in ``names`` order; then the event joins the state."""
+        t = event["event_time"]
+        amount = float(event["amount"])
+        la = _log1p(amount)
+        card_id = event["card_id"]
+        merchant_id = event["merchant_id"]
+        cards = self._cards
+        card = cards.get(card_id)
+        if card is None:
+            card = CardState(t)
+            cards[card_id] = card
+        else:
+            cards.move_to_end(card_id)
+        merchants = self._merchants
+        m = merchants.get(merchant_id)
+        if m is None:
+            m = MerchantState(t)
+            merchants[merchant_id] = m
+        else:
+            merchants.move_to_end(merchant_id)
+
+        # --- card spending windows, decayed to now (events out of order by a little: dt=0)
+        dt = t - card.t
+        first = card.n[4] == 0.0
+        n, s = card.n, card.s
+        if dt > 0:
+            for i, tau in enumerate(CARD_TAUS_MS):
+                d = _exp(-dt / tau)
+                n[i] *= d
+                s[i] *= d
+            card.t = t
+        n10m, n1h, n1d, n7d, n30d = n
+        mean1d = s[2] / n1d if n1d > 1e-9 else 0.0
+        mean7d = s[3] / n7d if n7d > 1e-9 else 0.0
+        mean30d = s[4] / n30d if n30d > 1e-9 else 0.0
+        # log ratio of the amount to the card's mean spend; 0 when there is no history
+        vs1d = la - _log1p(mean1d) if n1d > 0.05 else 0.0
+        vs7d = la - _log1p(mean7d) if n7d > 0.05 else 0.0
+        vs30d = la - _log1p(mean30d) if n30d > 0.05 else 0.0
+        # z-score of log amount against the card's profile (robust to a few outliers: needs
+        # some weight first)
+        if card.p_w >= 3.0:
+            z = (la - card.p_mean) / _sqrt(card.p_var + 0.01)
+            z = -5.0 if z < -5.0 else 10.0 if z > 10.0 else z
+        else:
+            z = 0.0
+        gap_s = dt / 1000.0 if not first else 30 * 86_400.0
+        gap_log = _log1p(gap_s if gap_s > 0 else 0.0)
+
+        country = event.get("country")
+        device = event.get("device_id")
+        countries, devices = card.countries, card.devices
+        new_country = 1.0 if (not first and country not in countries) else 0.0
+        new_device = 1.0 if (not first and device is not None and device not in devices) \
+            else 0.0
+        recent = card.recent
+        if recent:
+            horizon = t - HOUR_MS
+            stale = [k for k, v in recent.items() if v < horizon]
+            for k in stale:
+                del recent[k]
+        merchants_1h = float(len(recent) + (merchant_id not in recent))
+
+        # --- card's known fraud (labels already arrived), decayed from their arrival
+        f_n = card.f_n
+        if f_n > 0.0:
+            f_n *= _exp(-(t - card.f_t) / CARD_FRAUD_TAU_MS) if t > card.f_t else 1.0
+        fraud_recent = 1.0 if card.last_fraud >= 0 and t - card.last_fraud < 14 * DAY_MS \
+            else 0.0
+
+        # --- merchant traffic and known-label risk, decayed to now
+        mn = m.n
+        dtm = t - m.t
+        if dtm > 0:
+            for i, tau in enumerate(MERCHANT_TAUS_MS):
+                mn[i] *= _exp(-dtm / tau)
+            m.t = t
+        risk = [0.0, 0.0, 0.0]
+        if m.l_f[2] > 0.0:
+            dtl = t - m.l_t
+            prior = self.risk_prior
+            for i, tau in enumerate(MERCHANT_TAUS_MS):
+                d = _exp(-dtl / tau) if dtl > 0 else 1.0
+                risk[i] = m.l_f[i] * d / (m.l_n[i] * d + prior)
+
+        channel = event.get("channel")
+        hour = (t // HOUR_MS) % 24
+        weekday = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+        x = [
+            la,
+            _log1p(n10m), _log1p(n1h), _log1p(n1d), _log1p(n7d), _log1p(n30d),
+            _log1p(mean1d), _log1p(mean7d), _log1p(mean30d),
+            vs1d, vs7d, vs30d, z,
+            gap_log,
+            new_country, new_device, merchants_1h,
+            _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
+            risk[0], risk[1], risk[2],
+            _log1p(f_n), fraud_recent,
+            0.0 if event.get("status", "approved") == "approved" else 1.0,
+            1.0 if channel == "ecom" or channel == "moto" else 0.0,
+            1.0 if hour < 6 else 0.0,
+            1.0 if weekday >= 5 else 0.0,
+        ]
+
+        # --- the event joins the state
+        for i in range(5):
+            n[i] += 1.0
+            s[i] += amount
+        for i in range(3):
+            mn[i] += 1.0
+        self._profile(card, t, la)
+        if country is not None:
+            if len(countries) >= MAX_SMALL_SET and country not in countries:
+                countries.pop()
+            countries.add(country)
+        if device is not None:
+            if len(devices) >= MAX_SMALL_SET and device not in devices:
+                devices.pop()
+            devices.add(device)
+        recent[merchant_id] = t
+        if len(recent) > MAX_RECENT_MERCHANTS:
+            del recent[next(iter(recent))]
+        return x
+
+    @staticmethod
+    def _profile(card: CardState, t: int, la: float, weight: float = 1.0) -> None:
+        """Fold (or, with a negative weight, take out) a log amount into the card's profile."""
+        dt = t - card.p_t
+        w = card.p_w
+        if dt > 0:
+            w *= _exp(-dt / PROFILE_TAU_MS)
+            card.p_t = t
+        new_w = w + weight
+        if new_w <= 1e-6:
+            card.p_w = card.p_mean = card.p_var = 0.0
+            return
+        delta = la - card.p_mean
+        mean = card.p_mean + weight * delta / new_w
+        # West's weighted incremental variance
+        var = (w * card.p_var + weight * delta * (la - mean)) / new_w
+        card.p_w, card.p_mean, card.p_var = new_w, mean, var if var > 0.0 else 0.0
+
+    # ----------------------------------------------------------------------------- labels
+
+    def learn_label(self, card_id: str, merchant_id: str, event_time: int, amount: float,
+                    label: int, known_at: int) -> None:
+        """Fold a label that became known at ``known_at`` into merchant risk and card fraud.
+
+        A fraud label also takes the fraudulent amount out of the card's amount profile, so
+        that the card's "usual" spend is its owner's, not the fraudster's.
+        """
+        m = self._merchants.get(merchant_id)
+        if m is not None:
+            dt = known_at - m.l_t
+            if dt > 0:
+                for i, tau in enumerate(MERCHANT_TAUS_MS):
+                    d = _exp(-dt / tau)
+                    m.l_n[i] *= d
+                    m.l_f[i] *= d
+                m.l_t = known_at
+            for i in range(3):
+                m.l_n[i] += 1.0
+                if label:
+                    m.l_f[i] += 1.0
+        if label:
+            card = self._cards.get(card_id)
+            if card is not None:
+                if known_at > card.f_t:
+                    card.f_n *= _exp(-(known_at - card.f_t) / CARD_FRAUD_TAU_MS)
+                    card.f_t = known_at
+                card.f_n += 1.0
+                card.last_fraud = max(card.last_fraud, known_at)
+                # weight of the fraudulent amount in the profile today
+                age = card.p_t - event_time
+                w = _exp(-age / PROFILE_TAU_MS) if age > 0 else 1.0
+                self._profile(card, card.p_t, _log1p(amount), -w)
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+
+def pack(values: list[float]) -> array:
+    """A compact copy of a feature vector (8 bytes a value) for the pending store."""
+    return array("d", values)

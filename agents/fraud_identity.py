@@ -1,0 +1,225 @@
+"""Online application features: identity velocity, amount against income, consistency.
+
+Per identity attribute (SSN hash, device, IP, e-mail domain, address hash) a key keeps
+decayed application counts over 1 hour, 1 day and 30 days, and the fraud known from labels
+on that key (decayed over 30 days, counted from when the label became known). Small bounded
+sets catch one identity used with several names (stolen SSN) and one address used by several
+SSNs (synthetic-identity rings at a drop address). Everything is O(1) memory per key.
+
+Limits: e-mail domains are shared by millions of honest applicants, so their raw counts mean
+nothing; the domain contributes its *burst* (last hour against its 30-day rate) and its known
+fraud rate instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+from agents.features import BoundedDict
+from agents.fraud_features import DAY_MS, HOUR_MS
+
+_exp = math.exp
+_log1p = math.log1p
+
+TAUS_MS = (HOUR_MS, DAY_MS, 30 * DAY_MS)
+FRAUD_TAU_MS = 30 * DAY_MS
+MAX_SMALL_SET = 8
+PRODUCTS = ("credit_card", "personal_loan", "bnpl", "deposit_account")
+
+APP_FEATURES: tuple[str, ...] = (
+    "ssn_n_1h", "ssn_n_1d", "ssn_n_30d",
+    "device_n_1h", "device_n_1d", "device_n_30d",
+    "ip_n_1h", "ip_n_1d", "ip_n_30d",
+    "address_n_1h", "address_n_1d", "address_n_30d",
+    "email_burst", "email_risk",
+    "identity_known_fraud",
+    "ssn_names", "address_ssns", "income_change",
+    "amount_vs_income", "amount_log", "no_income",
+    "employment_inconsistent", "young",
+    *(f"product_{p}" for p in PRODUCTS),
+)
+
+APP_REASON_OF: dict[str, str] = {
+    "ssn_n_1h": "identity_reuse", "ssn_n_1d": "identity_reuse", "ssn_n_30d": "identity_reuse",
+    "device_n_1h": "device_reuse", "device_n_1d": "device_reuse", "device_n_30d": "device_reuse",
+    "ip_n_1h": "ip_reuse", "ip_n_1d": "ip_reuse", "ip_n_30d": "ip_reuse",
+    "address_n_1h": "address_reuse", "address_n_1d": "address_reuse",
+    "address_n_30d": "address_reuse",
+    "email_burst": "email_domain_burst", "email_risk": "email_domain_risk",
+    "identity_known_fraud": "linked_to_known_fraud",
+    "ssn_names": "ssn_with_other_names", "address_ssns": "address_with_many_ssns",
+    "income_change": "income_changed",
+    "amount_vs_income": "amount_high_vs_income", "amount_log": "high_amount",
+    "no_income": "no_income", "employment_inconsistent": "employment_inconsistent",
+    "young": "young_applicant",
+    **{f"product_{p}": f"product_{p}" for p in PRODUCTS},
+    "detector_rank": "anomalous_pattern",
+}
+
+
+class KeyState:
+    """One identity attribute's value: decayed counts, known fraud, a small set, a number."""
+
+    __slots__ = ("t", "n", "f_t", "f", "l", "seen", "last_income")
+
+    def __init__(self, t: int) -> None:
+        self.t = t
+        self.n = [0.0, 0.0, 0.0]
+        self.f_t = t
+        self.f = 0.0        # known fraud, decayed
+        self.l = 0.0        # labelled (any label), decayed like f: f / l is a fraud rate
+        self.seen: set[str] = set()
+        self.last_income = -1.0
+
+    def counts(self, t: int) -> list[float]:
+        """Counts decayed to ``t`` (state updated)."""
+        dt = t - self.t
+        n = self.n
+        if dt > 0:
+            n[0] *= _exp(-dt / TAUS_MS[0])
+            n[1] *= _exp(-dt / TAUS_MS[1])
+            n[2] *= _exp(-dt / TAUS_MS[2])
+            self.t = t
+        return n
+
+    def fraud(self, t: int) -> tuple[float, float]:
+        if self.l == 0.0:
+            return 0.0, 0.0
+        d = _exp(-(t - self.f_t) / FRAUD_TAU_MS) if t > self.f_t else 1.0
+        return self.f * d, self.l * d
+
+
+_INCONSISTENT_INCOME = {"unemployed": 30_000.0, "student": 40_000.0}
+
+
+class ApplicationFeatures:
+    """Identity velocity and consistency features of applications (see the module doc)."""
+
+    names = APP_FEATURES
+
+    def __init__(self, *, max_keys: int = 2_000_000, risk_prior: float = 5.0) -> None:
+        self.max_keys = max_keys
+        self.risk_prior = risk_prior
+        self._keys: BoundedDict[str, KeyState] = BoundedDict(max_keys)
+
+    def _key(self, kind: str, value: object, t: int) -> KeyState | None:
+        if value is None or value == "":
+            return None
+        k = f"{kind}:{value}"
+        state = self._keys.get(k)
+        if state is None:
+            state = self._keys[k] = KeyState(t)
+        else:
+            self._keys.move_to_end(k)
+        return state
+
+    def compute(self, event: dict) -> list[float]:
+        t = event["event_time"]
+        ssn = self._key("ssn", event.get("ssn_hash"), t)
+        dev = self._key("dev", event.get("device_id"), t)
+        ip = self._key("ip", event.get("ip"), t)
+        addr = self._key("addr", event.get("address_hash"), t)
+        mail = self._key("mail", event.get("email_domain"), t)
+        x: list[float] = []
+        known_fraud = 0.0
+        for state in (ssn, dev, ip, addr):
+            if state is None:
+                x += (0.0, 0.0, 0.0)
+                continue
+            n = state.counts(t)
+            x += (_log1p(n[0]), _log1p(n[1]), _log1p(n[2]))
+            known_fraud += state.fraud(t)[0]
+        if mail is not None:
+            n = mail.counts(t)
+            # last hour against the domain's hourly rate over 30 days
+            burst = _log1p(n[0]) - _log1p(n[2] / 720.0)
+            f, l_ = mail.fraud(t)
+            email_risk = f / (l_ + self.risk_prior)
+        else:
+            burst = email_risk = 0.0
+        name = event.get("name_hash")
+        ssn_names = 0.0
+        income = float(event.get("income") or 0.0)
+        income_change = 0.0
+        if ssn is not None:
+            seen = ssn.seen
+            ssn_names = float(len(seen) + (name is not None and name not in seen)) - 1.0
+            if name is not None and name not in seen and len(seen) < MAX_SMALL_SET:
+                seen.add(name)
+            if ssn.last_income >= 0.0:
+                income_change = abs(_log1p(income) - _log1p(ssn.last_income))
+            ssn.last_income = income
+        address_ssns = 0.0
+        ssn_hash = event.get("ssn_hash")
+        if addr is not None:
+            seen = addr.seen
+            address_ssns = float(len(seen) + (ssn_hash is not None and ssn_hash not in seen))
+            address_ssns = max(0.0, address_ssns - 1.0)
+            if ssn_hash is not None and ssn_hash not in seen and len(seen) < MAX_SMALL_SET:
+                seen.add(ssn_hash)
+        requested = float(event["requested_amount"])
+        employment = event.get("employment")
+        age = event.get("age_years") or 40
+        inconsistent = (
+            income > _INCONSISTENT_INCOME.get(employment, math.inf)
+            or (employment == "employed" and income < 5_000.0)
+            or (employment == "retired" and age < 45)
+            or (employment == "student" and age > 40)
+        )
+        product = event.get("product")
+        x += (
+            burst, email_risk, _log1p(known_fraud),
+            ssn_names, address_ssns, income_change,
+            math.log((requested + 100.0) / (income + 1_000.0)), _log1p(requested),
+            1.0 if income <= 0.0 else 0.0,
+            1.0 if inconsistent else 0.0,
+            1.0 if age < 21 else 0.0,
+            *(1.0 if product == p else 0.0 for p in PRODUCTS),
+        )
+        for state in (ssn, dev, ip, addr, mail):
+            if state is not None:
+                n = state.n
+                n[0] += 1.0
+                n[1] += 1.0
+                n[2] += 1.0
+        return x
+
+    def context(self, event: dict) -> tuple:
+        return tuple(f"{kind}:{event.get(field)}" for kind, field in (
+            ("ssn", "ssn_hash"), ("dev", "device_id"), ("ip", "ip"), ("addr", "address_hash"),
+            ("mail", "email_domain")) if event.get(field) not in (None, ""))
+
+    def learn_label(self, context: tuple, label: int, known_at: int) -> None:
+        """A label known at ``known_at``: fraud marks every identity attribute it used."""
+        for k in context:
+            state = self._keys.get(k)
+            if state is None:
+                continue
+            if known_at > state.f_t:
+                d = _exp(-(known_at - state.f_t) / FRAUD_TAU_MS)
+                state.f *= d
+                state.l *= d
+                state.f_t = known_at
+            state.l += 1.0
+            if label:
+                state.f += 1.0
+
+    def detector_view(self, v: list[float]) -> dict[str, float]:
+        """A few features scaled to [0, 1] for HalfSpaceTrees."""
+        return {
+            "ssn_1d": min(1.0, v[1] / 2.0), "device_1d": min(1.0, v[4] / 2.0),
+            "ip_1d": min(1.0, v[7] / 2.0), "address_1d": min(1.0, v[10] / 2.0),
+            "amount_vs_income": min(1.0, max(0.0, (v[18] + 4.0) / 6.0)),
+            "ssn_names": min(1.0, v[15] / 3.0), "income_change": min(1.0, v[17]),
+        }
+
+    @staticmethod
+    def cold_reasons(x: dict[str, float]) -> list[str]:
+        flags = [(x["ssn_n_30d"] > 0 or x["ssn_names"] > 0, "identity_reuse"),
+                 (x["identity_known_fraud"] > 0, "linked_to_known_fraud"),
+                 (x["device_n_1d"] > 0.5, "device_reuse"),
+                 (x["address_ssns"] > 0, "address_with_many_ssns"),
+                 (x["amount_vs_income"] >= -0.7, "amount_high_vs_income"),  # over ~half
+                 (x["employment_inconsistent"] > 0, "employment_inconsistent"),
+                 (x["no_income"] > 0, "no_income"), (x["young"] > 0, "young_applicant")]
+        return [name for on, name in flags if on]
