@@ -53,6 +53,30 @@ class LakeSettings(BaseSettings):
     # A sink flushes when a table's buffer holds this many rows or is this old.
     flush_rows: int = Field(50_000, ge=1)
     flush_interval_s: float = Field(5.0, gt=0)
+    # `riskstream lake retain` deletes hour partitions older than this (None: keep everything).
+    retention_days: int | None = Field(None, ge=1)
+
+
+class ClickHouseSettings(BaseSettings):
+    """The warehouse: a ClickHouse server, or chDB's embedded database in ``path``."""
+
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_CLICKHOUSE_", frozen=True)
+
+    # http(s)://user:password@host:8123/ of a server; None: the embedded chDB database at
+    # `path` (a directory that one process at a time can open). May hold a password.
+    url: SecretStr | None = None
+    path: Path = Path("var/warehouse")
+    database: str = Field("riskstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # TTLs: raw event tables, and the hourly/daily rollups (applied by `warehouse migrate`).
+    raw_retention_days: int = Field(90, ge=1)
+    rollup_retention_days: int = Field(730, ge=1)
+    # The loader: at most this many records of one partition per insert.
+    load_batch_rows: int = Field(20_000, ge=1)
+    # ...and a partial batch waits at most this long.
+    load_interval_s: float = Field(2.0, gt=0)
+    # Retries of a failed insert: exponential backoff from the first delay up to the last.
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
 
 
 class ModelSettings(BaseSettings):
@@ -107,6 +131,10 @@ class Settings:
     @cached_property
     def lake(self) -> LakeSettings:
         return LakeSettings()
+
+    @cached_property
+    def clickhouse(self) -> ClickHouseSettings:
+        return ClickHouseSettings()
 
     @cached_property
     def model(self) -> ModelSettings:
