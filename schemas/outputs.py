@@ -113,6 +113,18 @@ ALERT = pa.schema([
     pa.field("threshold", F64),
     pa.field("summary", STR),
     pa.field("created_at", TS, nullable=False),
+    # The explanation (agents/alerting.py); null in alerts written before it existed.
+    pa.field("status", STR),                        # firing | resolved
+    pa.field("incident_id", STR),                   # the firing alert's id, on both notifications
+    pa.field("group_key", STR),                     # alerts with the same key share one incident
+    pa.field("labels", STR),                        # JSON object: rule, severity, entity, team...
+    pa.field("condition", STR),                     # e.g. "score >= 0.9", "p95(value) > 500"
+    pa.field("window_ms", I64),
+    pa.field("count", I64),                         # records in the window (rate, quantile)
+    pa.field("reasons", pa.list_(STR)),             # model reason codes, or the rule's inputs
+    pa.field("dashboard_url", STR),
+    pa.field("query", STR),                         # ClickHouse SQL for the affected rows
+    pa.field("description", STR),
 ])
 
 ALERT_DELIVERY = pa.schema([

@@ -1,0 +1,202 @@
+"""The alert engine and its lifecycle, without Faust: records in, notifications out."""
+
+from __future__ import annotations
+
+import orjson
+
+from agents.alerting import AlertEngine, alert_id, alert_row, quantile_of, sql_literal
+from agents.lifecycle import resolved_id
+from agents.rules import parse_rules
+from sinks.lake import to_arrow
+
+T0 = 1_714_570_000_000  # 2024-05-01T13:26:40Z
+MIN = 60_000
+
+RULES = """
+defaults: {resolve_after: 5m, cooldown: 10m}
+rules:
+  - {name: metric_anomaly, kind: threshold, stream: system-metrics, field: score, op: ">=",
+     value: 0.9, severity: critical}
+  - {name: declined, kind: threshold, stream: transactions, field: decision, op: "==",
+     value: decline}
+  - name: payment_failure_rate
+    kind: rate
+    stream: transactions
+    match: {status: [declined, failed]}
+    group: merchant_id
+    window: 5m
+    min_count: 10
+    value: 0.05
+    group_by: [rule]
+  - name: service_latency_p95
+    kind: quantile
+    stream: system-metrics
+    where: {metric: latency_p95_ms}
+    field: value
+    group: service
+    window: 5m
+    min_count: 100
+    value: 500
+inhibit:
+  - {source: {rule: service_latency_p95}, target: {rule: metric_anomaly}, equal: [service]}
+"""
+
+
+def engine(**kw) -> AlertEngine:
+    return AlertEngine(parse_rules(RULES), dashboard_url="https://grafana.example/", grace_ms=0, **kw)
+
+
+def sample(i: int, *, score: float, host: str = "web-1", metric: str = "cpu", value: float = 40.0,
+           t: int | None = None) -> dict:
+    return {"event_id": f"met-{i}", "event_time": T0 + i * 1000 if t is None else t, "host": host,
+            "service": "api", "metric": metric, "value": value, "score": score,
+            "reason": "spike" if score >= 0.9 else None}
+
+
+def txn(i: int, *, t: int, merchant: str = "m1", status: str = "approved", card: str = "c1",
+        decision: str = "approve") -> dict:
+    return {"event_id": f"txn-{i}", "event_time": t, "card_id": card, "merchant_id": merchant,
+            "status": status, "score": 0.1, "decision": decision, "reasons": []}
+
+
+def run(e: AlertEngine, stream: str, records: list[dict], entity) -> list[dict]:
+    out = []
+    for r in records:
+        out += e.observe(stream, r, entity(r), 0)
+        out += e.tick(stream, 0)  # a batch per record: the worst case for flapping
+    return out
+
+
+def test_a_flapping_metric_is_one_alert_and_one_resolution_not_fifty():
+    e = engine()
+    # 100 samples, every other one anomalous: 50 crossings of the threshold
+    flaps = [sample(i, score=0.95 if i % 2 else 0.1) for i in range(100)]
+    # then 10 quiet minutes: the alert resolves after 5
+    quiet = [sample(100 + i, score=0.1, t=T0 + 100_000 + i * 30_000) for i in range(20)]
+    out = run(e, "system-metrics", flaps + quiet, lambda r: f"{r['host']}/{r['metric']}")
+    assert [a["status"] for a in out] == ["firing", "resolved"]
+    firing, resolved = out
+    assert firing["alert_id"] == alert_id("metric_anomaly", "met-1")  # the first crossing
+    assert firing["event_id"] == "met-1" and firing["rule"] == "metric_anomaly"
+    assert resolved["incident_id"] == firing["alert_id"] == firing["incident_id"]
+    assert resolved["alert_id"] == resolved_id(firing["alert_id"])
+    assert resolved["summary"].startswith("RESOLVED")
+
+
+def test_cooldown_after_resolution_then_fires_again():
+    e = engine()
+    ent = lambda r: "web-1/cpu"  # noqa: E731
+    out = run(e, "system-metrics", [sample(0, score=0.95, t=T0),
+                                    sample(1, score=0.1, t=T0 + 6 * MIN)], ent)
+    assert [a["status"] for a in out] == ["firing", "resolved"]
+    # 3 minutes after the resolution: inside the 10 min cooldown, quiet
+    assert run(e, "system-metrics", [sample(2, score=0.95, t=T0 + 9 * MIN)], ent) == []
+    # 20 minutes after: a new incident with a new id
+    again = run(e, "system-metrics", [sample(3, score=0.95, t=T0 + 26 * MIN)], ent)
+    assert [a["status"] for a in again] == ["firing"] and again[0]["event_id"] == "met-3"
+
+
+def test_the_alert_explains_itself():
+    e = engine()
+    out = e.observe("system-metrics", sample(7, score=0.97, host="o'db"), "o'db/cpu", 5)
+    a = out[0]
+    assert a["value"] == 0.97 and a["threshold"] == 0.9 and a["condition"] == "score >= 0.9"
+    assert a["reasons"] == ["spike"] and a["window_ms"] == 300_000
+    assert a["labels"]["host"] == "o'db" and a["labels"]["severity"] == "critical"
+    assert a["dashboard_url"].startswith("https://grafana.example/d/riskstream-alerts?var-rule=")
+    # the query quotes the host safely and runs as ClickHouse SQL
+    assert "host = 'o\\'db'" in a["query"] and a["query"].startswith("SELECT * FROM metric_samples")
+    assert sql_literal("a\\'b") == "'a\\\\\\'b'"
+    # the record fits the alerts table of the lake
+    assert to_arrow("alerts", [alert_row(a)]).num_rows == 1
+    assert orjson.loads(alert_row(a)["labels"])["rule"] == "metric_anomaly"
+
+
+def test_threshold_on_decisions():
+    e = engine()
+    out = e.observe("transactions", txn(1, t=T0, decision="decline"), "c1", 0)
+    assert [a["rule"] for a in out] == ["declined"] and out[0]["condition"] == "decision == 'decline'"
+
+
+def test_failure_rate_needs_its_minimum_count_and_groups_merchants_into_one_incident():
+    e = engine()
+    out = []
+    # 9 payments at m1 in 5 min, 3 failed (33%): under min_count 10, nothing
+    for i in range(9):
+        out += e.observe("transactions", txn(i, t=T0 + i * 1000, status="failed" if i < 3 else "approved"), "c1", 0)
+    out += e.tick("transactions", 0)
+    e.observe("transactions", txn(99, t=T0 + 7 * MIN, merchant="other"), "c9", 0)
+    out += e.tick("transactions", 0)
+    assert out == []
+    # 40 payments at each of m2 and m3, 10% failed: two merchants fire, one incident
+    t1 = T0 + 20 * MIN
+    for m in ("m2", "m3"):
+        for i in range(40):
+            out += e.observe("transactions", txn(i, t=t1 + i * 1000, merchant=m,
+                                                 status="failed" if i % 10 == 0 else "approved"), "c1", 0)
+    e.observe("transactions", txn(100, t=t1 + 2 * MIN, merchant="other"), "c9", 0)
+    out += e.tick("transactions", 0)
+    assert [a["status"] for a in out] == ["firing"]
+    a = out[0]
+    assert a["rule"] == "payment_failure_rate" and a["value"] == 0.1 and a["count"] == 20  # the first window that closed
+    assert a["group_key"] == "payment_failure_rate|rule=payment_failure_rate"
+    assert "2 of 20" in a["reasons"][0] and "merchant_id = 'm2'" in a["query"]
+    assert len(e.lifecycle.firing()) == 2  # m3 joined the incident silently
+    # both merchants recover: one resolution for the incident
+    e.observe("transactions", txn(101, t=t1 + 30 * MIN, merchant="other"), "c9", 0)
+    out = e.tick("transactions", 0)
+    assert [x["status"] for x in out] == ["resolved"] and out[0]["incident_id"] == a["alert_id"]
+
+
+def test_p95_latency_over_the_service_inhibits_per_host_anomalies():
+    e = engine()
+    out = []
+    for i in range(120):  # 120 samples of ~620 ms from four hosts of one service
+        r = sample(i, score=0.1, host=f"web-{i % 4}", metric="latency_p95_ms", value=600 + i % 40,
+                   t=T0 + i * 1000)
+        out += e.observe("system-metrics", r, f"{r['host']}/latency_p95_ms", 0)
+    e.observe("system-metrics", sample(500, score=0.1, t=T0 + 6 * MIN), "web-1/cpu", 0)
+    out += e.tick("system-metrics", 0)
+    assert [a["rule"] for a in out] == ["service_latency_p95"]
+    assert abs(out[0]["value"] - 636) < 10 and out[0]["labels"]["service"] == "api"
+    # a host anomaly of the same service while the service alert fires: held back
+    assert e.observe("system-metrics", sample(501, score=0.99, t=T0 + 6 * MIN + 1), "web-1/cpu", 0) == []
+    assert "metric_anomaly|web-1/cpu" in e.lifecycle.firing()
+
+
+def test_state_survives_a_restart_per_partition():
+    e = engine()
+    ent = lambda r: "web-1/cpu"  # noqa: E731
+    e.observe("system-metrics", sample(0, score=0.95, t=T0), "web-1/cpu", 0, "system-metrics:0")
+    for i in range(12):
+        e.observe("transactions", txn(i, t=T0 + i, status="failed"), "c1", 0, "transactions:1")
+    states = {s: orjson.loads(orjson.dumps(e.to_state(s)))
+              for s in ("system-metrics:0", "transactions:1")}
+    copy = engine()
+    for s, state in states.items():
+        copy.load_state(state, s)
+    # still firing after the restart: the next anomaly is not a new alert
+    assert copy.observe("system-metrics", sample(1, score=0.95, t=T0 + 1000), "web-1/cpu", 0,
+                        "system-metrics:0") == []
+    assert [a["status"] for a in run(copy, "system-metrics",
+                                     [sample(2, score=0.1, t=T0 + 6 * MIN)], ent)] == ["resolved"]
+    # the rate window counts kept their 12 failures
+    copy.observe("transactions", txn(50, t=T0 + 6 * MIN, merchant="x"), "c2", 0, "transactions:1")
+    assert [a["rule"] for a in copy.tick("transactions", 0)] == ["payment_failure_rate"]
+
+
+def test_new_rules_keep_the_state_of_rules_that_stay():
+    e = engine()
+    e.observe("system-metrics", sample(0, score=0.95), "web-1/cpu", 0)
+    e.set_rules(parse_rules(RULES.replace("value: 500", "value: 900")))
+    assert e.lifecycle.firing() == ["metric_anomaly|web-1/cpu"]
+    e.set_rules(parse_rules("rules: []"))
+    assert e.lifecycle.firing() == []
+
+
+def test_quantile_of_a_log_histogram_is_within_two_percent():
+    hist: dict[str, int] = {}
+    from agents.alerting import _bin
+    for v in range(1, 1001):
+        hist[_bin(float(v))] = hist.get(_bin(float(v)), 0) + 1
+    assert abs(quantile_of(hist, 0.95) - 950) / 950 < 0.02
