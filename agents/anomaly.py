@@ -12,18 +12,21 @@ How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sam
 2. **Multi-scale residuals.** The residual in units of that error is the *point* surprise
    (spikes); its short exponentially weighted mean is the *shift* surprise (level shifts and
    drift: many moderately high residuals of one sign).
-3. **Calibrated by the series' own history.** The log-surprise is standardised by the running
-   mean and spread of the series' own log-surprises (anomalous ones excluded) and mapped
-   through a Gaussian tail probability to ``score = -log10(p) / DECADES``: one threshold means
-   the same rarity on every series, and the tail keeps its resolution (no ties at 1.0).
+3. **Calibrated by the series' own history.** Peaks over a threshold (extreme-value theory):
+   the rate of surprises beyond ``TAIL_FROM`` error units and their mean excess, learned per
+   series, give the tail probability ``p`` of the current surprise under an exponential tail;
+   ``D = -log10(p)`` ("decades of rarity") maps to ``score = D / (D + c)`` with ``c`` such that
+   ``ALARM_DECADES`` scores ``anomaly_threshold``. One threshold means the same rarity on every
+   series, and the map never saturates (no ties at the top of the ranking).
 4. **One alarm per episode.** After a score reaches ``anomaly_threshold``, later samples of the
    same episode are reported just under the threshold unless they are more surprising than the
    episode's peak; the episode ends after ``quiet_samples`` calm samples. A level shift that
    persists is absorbed: after ``rebase_after`` samples off to one side, the level is reset to
    the new one, so an incident does not alarm forever, and does not become the normal at once.
 
-Reasons: ``spike`` (the point residual dominates), ``level_shift`` / ``drift`` (the short mean
-dominates; abrupt vs gradual), ``out_of_range`` (beyond everything the series has shown),
+Reasons: ``spike`` (the point residual dominates), ``out_of_range`` (the short mean dominates
+and the value lies half the series' historical span beyond its historical range),
+``level_shift`` / ``drift`` (the short mean dominates; abrupt vs gradual),
 ``stuck`` (a varying series repeats one value ``stuck_after`` times), ``silent`` (from
 :meth:`MetricScorer.silent_series`).
 
@@ -47,10 +50,9 @@ DAY_MS = 86_400_000
 TAIL_FROM = 3.0
 PRIOR_TAIL_RATE = 0.016
 PRIOR_TAIL_MEAN = 0.5
-# An excess updates the mean excess with weight 0.05 (a memory of ~20 excesses), capped at 10x
-# the current mean: at most +45 % per excess, so a recurring spike is learned in a few
-# occurrences while one incident does not blind the detector.
-TAIL_MEAN_ALPHA = 0.05
+# The seasonal forecast must beat the level's error by 20 % to take over (hysteresis).
+SWITCH_GAIN = 0.8
+# One excess counts at most 10 mean excesses in the tail's estimate.
 EXCESS_CAP = 10.0
 # Rarity (-log10 of the tail probability) that scores ``anomaly_threshold``: 1e-7 is about one
 # false alarm per series per 3 years at one sample a minute.
@@ -66,9 +68,9 @@ class _Series:
     """The detector state of one series; plain floats so that it serialises to JSON."""
 
     __slots__ = (
-        "n", "t_first", "t_last", "dt_ew", "level", "mae", "season", "s_mae", "bin_ms",
-        "zs", "tail_rate", "tail_mean", "episode_peak", "calm", "side_run", "last_value",
-        "repeats", "repeat_rate", "vmin", "vmax", "silent_reported", "jump",
+        "n", "t_first", "t_last", "dt_ew", "level", "mae", "season", "s_mae", "s_n", "seasonal", "s_sel", "l_sel", "bin_ms",
+        "zs", "tail_rate", "tail_sum", "episode_peak", "calm", "side_run", "last_value",
+        "repeats", "longest_run", "vmin", "vmax", "silent_reported", "jump",
     )
 
     def __init__(self) -> None:
@@ -80,16 +82,20 @@ class _Series:
         self.mae = 0.0
         self.season: array | None = None
         self.s_mae = 0.0
+        self.s_n = 0
+        self.seasonal = False
+        self.s_sel = 0.0
+        self.l_sel = 0.0
         self.bin_ms = 0
         self.zs = 0.0
         self.tail_rate = PRIOR_TAIL_RATE
-        self.tail_mean = PRIOR_TAIL_MEAN
+        self.tail_sum = PRIOR_TAIL_RATE * PRIOR_TAIL_MEAN
         self.episode_peak = 0.0
         self.calm = 0
         self.side_run = 0
         self.last_value = 0.0
         self.repeats = 0
-        self.repeat_rate = 0.0
+        self.longest_run = 0
         self.vmin = 0.0
         self.vmax = 0.0
         self.silent_reported = False
@@ -229,7 +235,16 @@ class MetricScorer:
             sv = season[b]
             if sv == sv:  # filled
                 e_season = x - sv
-                if t - s.t_first >= DAY_MS and s.s_mae < s.mae:
+                # hysteresis: the seasonal forecast takes over when clearly better (20 % less
+                # error), and hands back only when worse, so noisy series do not flap
+                if s.s_n * self.error_alpha >= 1.0:
+                    use = s.s_sel < (s.l_sel if s.seasonal else SWITCH_GAIN * s.l_sel)
+                    if use != s.seasonal:
+                        # a new forecast: the tail learned on the other one's surprises is moot
+                        s.seasonal = use
+                        s.tail_rate = PRIOR_TAIL_RATE
+                        s.tail_sum = PRIOR_TAIL_RATE * PRIOR_TAIL_MEAN
+                if s.seasonal:
                     expected = sv
                     smae = s.s_mae
                     scale = smae if smae > scale_floor else scale_floor
@@ -242,7 +257,13 @@ class MetricScorer:
         us = abs(zs) * self._shift_gain
         surprise = u if u >= us else us
         # ---- calibration: the tail of the series' own surprises (peaks over a threshold)
-        rate, beta = s.tail_rate, s.tail_mean
+        rate = s.tail_rate
+        if rate < self.calib_alpha:
+            # fewer than ~1 excess in the memory: fall back on the Gaussian prior's mean excess
+            beta = PRIOR_TAIL_MEAN
+            rate = self.calib_alpha
+        else:
+            beta = s.tail_sum / rate
         if surprise > TAIL_FROM:
             decades = -math.log10(rate) + (surprise - TAIL_FROM) / (beta * _LOG10)
         else:
@@ -269,14 +290,25 @@ class MetricScorer:
         # ---- reason
         reason = None
         repeated = x == s.last_value
-        s.repeats = s.repeats + 1 if repeated else 0
-        if n >= self.warmup and s.repeats == self.stuck_after and s.repeat_rate < 0.1:
+        if repeated:
+            s.repeats += 1
+        else:
+            if s.repeats > s.longest_run:
+                s.longest_run = s.repeats
+            s.repeats = 0
+        # stuck: a run of one value twice as long as any the series has shown (and at least
+        # stuck_after), so quantised or often-idle series do not alarm on their usual runs
+        need = 2 * s.longest_run + 1
+        if need < self.stuck_after:
+            need = self.stuck_after
+        if n >= self.warmup and s.repeats == need:
             score, reason = max(score, thr), "stuck"
         elif score >= thr:
-            if x > s.vmax + 0.5 * (s.vmax - s.vmin) or x < s.vmin - 0.5 * (s.vmax - s.vmin):
-                reason = "out_of_range"
-            elif u >= us:
+            span = s.vmax - s.vmin
+            if u >= us:
                 reason = "spike"
+            elif x > s.vmax + 0.5 * span or x < s.vmin - 0.5 * span:
+                reason = "out_of_range"  # a sustained excursion beyond all the series has shown
             else:
                 reason = "level_shift" if abs(s.jump) >= clip else "drift"
         # ---- learn (clipped, so anomalies barely move the baselines)
@@ -311,27 +343,34 @@ class MetricScorer:
             else:
                 smae = s.s_mae if s.s_mae > scale_floor else scale_floor
                 aes = abs(e_season)
-                if t - s.t_first < DAY_MS:
-                    s.s_mae += 0.1 * (aes - s.s_mae)
+                s.s_n += 1
+                # selection errors: unclipped (a forecast's failures are the point) and long
+                # (~1 / calib_alpha samples, so twice-a-day failures are remembered)
+                s.s_sel += self.calib_alpha * (aes - s.s_sel) if s.s_n > 1 else aes
+                s.l_sel += self.calib_alpha * (ael - s.l_sel)
+                if s.s_n * ea < 1.0:
+                    s.s_mae += (aes - s.s_mae) / s.s_n
                 else:
                     s.s_mae += ea * ((aes if aes < clip * smae else clip * smae) - s.s_mae)
                 es = e_season if -clip * smae <= e_season <= clip * smae else (
                     clip * smae if e_season > 0 else -clip * smae)
                 season[b] = season[b] + self.season_alpha * es
-        # the tail learns from every sample, but one excess moves its mean by at most 45 %:
-        # recurring spikes become normal after a few occurrences, one incident does not
+        # The tail is a windowed estimate (~1 / calib_alpha samples): the rate of excesses and
+        # their mean, as two exponentially weighted sums over every sample, so old excesses fade
+        # once they stop. One excess counts at most EXCESS_CAP mean excesses: a recurring spike
+        # is learned within a few occurrences, one incident does not blind the detector.
         ca = self.calib_alpha
-        if surprise > TAIL_FROM:
-            s.tail_rate = rate + ca * (1.0 - rate)
-            excess = surprise - TAIL_FROM
-            cap = EXCESS_CAP * beta
-            s.tail_mean = beta + TAIL_MEAN_ALPHA * ((excess if excess < cap else cap) - beta)
-        else:
-            s.tail_rate = rate - ca * rate
-            if s.tail_rate < ca:
-                s.tail_rate = ca
+        if n * ea >= 1.0:  # before there is an error scale, surprises mean nothing
+            keep = 1.0 - ca
+            if surprise > TAIL_FROM:
+                excess = surprise - TAIL_FROM
+                cap = EXCESS_CAP * beta
+                s.tail_rate = keep * s.tail_rate + ca
+                s.tail_sum = keep * s.tail_sum + ca * (excess if excess < cap else cap)
+            else:
+                s.tail_rate *= keep
+                s.tail_sum *= keep
         s.jump = zc if u >= clip else s.jump * 0.8
-        s.repeat_rate += 0.01 * ((1.0 if repeated else 0.0) - s.repeat_rate)
         s.last_value = x
         if x < s.vmin:
             s.vmin = x

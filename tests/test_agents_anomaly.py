@@ -1,0 +1,145 @@
+"""Unit tests of the metric detector (agents/anomaly.py): plain Python, no broker."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import orjson
+
+from agents.anomaly import MetricScorer
+
+T0 = 1_790_000_000_000  # a fixed event time (ms), 2026-09
+STEP_MS = 300_000       # one sample every 5 minutes
+DAY = 288               # samples a day at 5 minutes
+
+
+def sample(i: int, value: float, host: str = "h1", metric: str = "cpu") -> dict:
+    return {"event_id": f"{host}-{metric}-{i}", "event_time": T0 + i * STEP_MS, "host": host,
+            "service": "api", "metric": metric, "value": value}
+
+
+def run(scorer: MetricScorer, values, host: str = "h1", start: int = 0) -> list[dict]:
+    return [scorer.score_record(sample(start + i, v, host), T0) for i, v in enumerate(values)]
+
+
+def noise(n: int, seed: int = 1, level: float = 50.0, sd: float = 2.0) -> list[float]:
+    rng = random.Random(seed)
+    return [level + rng.gauss(0, sd) for _ in range(n)]
+
+
+def test_scores_are_in_unit_interval_with_band_and_event_fields():
+    records = run(MetricScorer(), noise(600))
+    assert all(0.0 <= r["score"] <= 1.0 for r in records)
+    last = records[-1]
+    assert last["host"] == "h1" and last["scored_at"] == T0
+    assert last["lower"] < last["expected"] < last["upper"]
+    assert 44 < last["expected"] < 56
+
+
+def test_new_series_warm_up_without_an_alarm_storm():
+    scorer = MetricScorer(warmup=100)
+    records = run(scorer, noise(100, level=10.0) + noise(500, seed=2, level=10.0))
+    assert all(r["score"] == 0.0 for r in records[:100])       # cold start
+    assert max(r["score"] for r in records[100:]) < 0.9          # ordinary noise: no alarm
+
+
+def test_spike_alarms_once_with_reason_and_does_not_poison_the_baseline():
+    scorer = MetricScorer()
+    run(scorer, noise(500))
+    spike = scorer.score_record(sample(500, 90.0), T0)
+    assert spike["score"] >= 0.9 and spike["reason"] == "spike"
+    after = run(scorer, noise(50, seed=3), start=501)
+    assert max(r["score"] for r in after) < 0.9
+    # the level barely moved: the spike was clipped before it updated the baseline
+    assert abs(after[0]["expected"] - 50.0) < 2.0
+
+
+def test_level_shift_alarms_once_then_becomes_the_new_normal():
+    scorer = MetricScorer()
+    run(scorer, noise(500))
+    shifted = run(scorer, noise(300, seed=4, level=80.0), start=500)
+    alarms = [i for i, r in enumerate(shifted) if r["score"] >= 0.9]
+    assert alarms and alarms[0] <= 2                               # early
+    assert len(alarms) == 1                                        # one alarm per episode
+    assert shifted[alarms[0]]["reason"] in {"spike", "level_shift", "out_of_range"}
+    assert abs(shifted[-1]["expected"] - 80.0) < 3.0               # re-baselined
+
+
+def test_daily_seasonality_is_predicted_not_flagged():
+    # a square wave: 20 by night, 80 by day, for 5 days; then a day that stays at night level
+    day = [20.0 if (i % DAY) < DAY // 2 else 80.0 for i in range(DAY)]
+    rng = random.Random(6)
+    values = [v + rng.gauss(0, 0.5) for v in day * 5]
+    scorer = MetricScorer()
+    records = run(scorer, values)
+    assert max(r["score"] for r in records[2 * DAY:]) < 0.9        # transitions expected
+    broken = run(scorer, [20.0 + rng.gauss(0, 0.5) for _ in range(DAY)], start=5 * DAY)
+    first = next(i for i, r in enumerate(broken) if r["score"] >= 0.9)
+    assert DAY // 2 <= first <= DAY // 2 + 3                       # when the day should start
+
+
+def test_stuck_series_is_flagged():
+    scorer = MetricScorer(stuck_after=30)
+    records = run(scorer, noise(500) + [51.0] * 40)
+    stuck = [r for r in records[500:] if r["reason"] == "stuck"]
+    assert len(stuck) == 1 and stuck[0]["score"] >= 0.9
+
+
+def test_flat_series_is_quiet_until_it_moves():
+    scorer = MetricScorer()
+    records = run(scorer, [45.0] * 500)
+    assert max(r["score"] for r in records) == 0.0
+    assert scorer.score_record(sample(500, 47.0), T0)["score"] >= 0.9
+
+
+def test_scores_are_comparable_across_scales():
+    # the same shape at 1e-3 and at 1e6: the same scores
+    small, large = MetricScorer(), MetricScorer()
+    shape = noise(400, seed=7, level=10.0) + [30.0] + noise(50, seed=8, level=10.0)
+    a = [r["score"] for r in run(small, [v * 1e-3 for v in shape])]
+    b = [r["score"] for r in run(large, [v * 1e6 for v in shape])]
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
+
+
+def test_silent_series_are_reported_once_per_silence_and_evicted_later():
+    scorer = MetricScorer(silence_factor=5.0, evict_after_ms=86_400_000)
+    run(scorer, noise(50), host="a")
+    run(scorer, noise(50), host="b")
+    last = T0 + 49 * STEP_MS
+    assert scorer.silent_series(last + 4 * STEP_MS) == []          # 4 intervals: not yet
+    scorer.score_record(sample(60, 50.0, host="b"), T0)            # b reports again
+    silent = scorer.silent_series(last + 6 * STEP_MS)
+    assert [r["host"] for r in silent] == ["a"]
+    assert silent[0]["reason"] == "silent" and silent[0]["value"] is None
+    assert silent[0]["score"] == 1.0
+    assert scorer.silent_series(last + 7 * STEP_MS) == []          # reported once per episode
+    scorer.silent_series(last + 2 * 86_400_000)                    # a full day later: evicted
+    assert "h1/cpu" not in scorer._series and "a/cpu" not in scorer._series
+
+
+def test_series_count_is_bounded():
+    scorer = MetricScorer(max_series=10)
+    for k in range(25):
+        scorer.score_record(sample(0, 1.0, host=f"h{k}"), T0)
+    assert len(scorer._series) == 10
+
+
+def test_state_round_trip_resumes_with_identical_scores():
+    day = [20.0 + 30.0 * math.sin(2 * math.pi * i / DAY) for i in range(DAY)]
+    rng = random.Random(9)
+    values = [v + rng.gauss(0, 1.0) for v in day * 3]
+    values[700] += 40.0                                            # a spike after the stop
+    for v in range(750, 800):
+        values[v] += 15.0                                          # and a shift
+    never_stopped = MetricScorer()
+    expected = [r["score"] for r in run(never_stopped, values)]
+    first = MetricScorer()
+    run(first, values[:600])
+    run(first, noise(300), host="other")                           # a second series
+    state = orjson.loads(orjson.dumps(first.to_state()))           # through JSON on the wire
+    resumed = MetricScorer()
+    resumed.load_state(state)
+    got = [r["score"] for r in run(resumed, values[600:], start=600)]
+    assert got == expected[600:]
+    assert max(expected[600:]) >= 0.9                              # the resumed part alarms too
