@@ -479,3 +479,96 @@ def load_rules(path: Path | None = None, *, params: dict | None = None) -> RuleS
     except OSError as exc:
         raise RulesInvalid([(0, f"cannot read: {exc.strerror}")], str(path)) from None
     return parse_rules(text, source=str(path), params=params)
+
+
+class RulesSource:
+    """Where the worker's rules come from: the rules file, reloaded when it changes, and the
+    ``rules`` topic, whose latest valid message wins until the file changes again.
+
+    ``poll()`` returns a new :class:`RuleSet` or ``None``; it checks at most every
+    ``reload_s`` of wall-clock time (configuration is operator time, not event time). Every
+    worker reads the whole topic itself (no consumer group), so each one gets every update, and
+    a restarted worker applies the latest published rules. Invalid rules are logged with their
+    lines and reasons and ignored: the rules in force stay.
+    """
+
+    def __init__(self, path: Path | None, *, params: dict | None = None, bootstrap: str | None = None,
+                 topic: str = "rules", reload_s: float = 5.0) -> None:
+        import logging
+        import time
+
+        self._log = logging.getLogger("riskstream.rules")
+        self._clock = time.monotonic
+        self.path = Path(path) if path else DEFAULT_RULES_PATH
+        self.params = params or {}
+        self.reload_s = reload_s
+        self._mtime = self._stat()
+        self._next = self._clock() + reload_s
+        self._consumer = None
+        self.rejected = 0
+        if bootstrap:
+            from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+            self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "riskstream-rules",
+                                       "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            parts = sorted(meta.partitions) if meta is not None and not meta.error else []
+            self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def initial(self) -> RuleSet:
+        """The rules at start: the file, then the latest valid rules published on the topic."""
+        rules = load_rules(self.path, params=self.params)
+        return self._from_topic(timeout_s=1.0) or rules
+
+    def _apply(self, text: str, source: str) -> RuleSet | None:
+        try:
+            rules = parse_rules(text, source=source, params=self.params)
+        except RulesInvalid as exc:
+            self.rejected += 1
+            self._log.error("rules rejected, the rules in force stay:\n%s", exc)
+            return None
+        self._log.info("rules from %s: %s", source, ", ".join(r.name for r in rules.rules))
+        return rules
+
+    def _from_topic(self, timeout_s: float = 0.0) -> RuleSet | None:
+        if self._consumer is None:
+            return None
+        latest = None
+        while True:
+            msgs = self._consumer.consume(100, timeout=timeout_s)
+            good = [m for m in msgs if not m.error() and m.value()]
+            if good:
+                latest = max(good, key=lambda m: m.timestamp()[1])
+            if not msgs:
+                break
+        if latest is None:
+            return None
+        source = f"topic rules[{latest.partition()}]@{latest.offset()}"
+        return self._apply(latest.value().decode(errors="replace"), source)
+
+    def poll(self) -> RuleSet | None:
+        now = self._clock()
+        if now < self._next:
+            return None
+        self._next = now + self.reload_s
+        mtime = self._stat()
+        if mtime is not None and mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                text = self.path.read_text()
+            except OSError as exc:
+                self._log.error("rules file %s unreadable: %s", self.path, exc)
+                text = None
+            if text is not None:
+                return self._apply(text, str(self.path)) or self._from_topic()
+        return self._from_topic()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()

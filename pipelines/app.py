@@ -30,16 +30,17 @@ import orjson
 from confluent_kafka import Producer
 
 from agents.aggregate import WindowAggregator
-from agents.alerting import ScoreThresholdRule
+from agents.alerting import AlertEngine, alert_row
 from agents.anomaly import MetricScorer
 from agents.fraud import ApplicationScorer, TransactionScorer
+from agents.rules import RulesSource
 from agents.validate import Gateway
 from pipelines import metrics
 from pipelines.kafka import producer_config
 from pipelines.settings import Settings
 from pipelines.topics import (
     AGGREGATES, ALERTS, APPLICATIONS, LABELS, METRIC_ANOMALIES, METRIC_SAMPLES,
-    SCORED_APPLICATIONS, SCORED_TRANSACTIONS, SYSTEM_METRICS, TRANSACTIONS, VALIDATED,
+    RULES, SCORED_APPLICATIONS, SCORED_TRANSACTIONS, SYSTEM_METRICS, TRANSACTIONS, VALIDATED,
 )
 
 log = logging.getLogger(__name__)
@@ -80,21 +81,23 @@ class Outputs:
 class Pipeline:
     """The worker's state: scorers, window aggregators and rules, per stream."""
 
-    def __init__(self, settings: Settings, outputs: Outputs) -> None:
+    def __init__(self, settings: Settings, outputs: Outputs, bootstrap: str | None = None) -> None:
         m, a = settings.model, settings.alert
         self.outputs = outputs
         self.transactions = TransactionScorer(seed=m.seed)
         self.applications = ApplicationScorer(seed=m.seed)
         self.metrics = MetricScorer(anomaly_threshold=m.anomaly_threshold)
         self.anomaly_threshold = m.anomaly_threshold
-        self.rules = {
-            TRANSACTIONS: ScoreThresholdRule("transaction_score_high", TRANSACTIONS,
-                                             threshold=a.score_threshold, severity="warning"),
-            APPLICATIONS: ScoreThresholdRule("application_score_high", APPLICATIONS,
-                                             threshold=a.score_threshold, severity="warning"),
-            SYSTEM_METRICS: ScoreThresholdRule("metric_anomaly", SYSTEM_METRICS,
-                                               threshold=m.anomaly_threshold, severity="critical"),
-        }
+        # Alert rules from YAML (agents/rules.py), reloaded on change and from the rules topic.
+        self.rules_source = RulesSource(
+            a.rules_path, params={"score_threshold": a.score_threshold,
+                                  "anomaly_threshold": m.anomaly_threshold},
+            bootstrap=bootstrap, topic=RULES, reload_s=a.rules_reload_s)
+        self.alerts = AlertEngine(self.rules_source.initial(), dashboard_url=a.dashboard_url,
+                                  grace_ms=m.window_grace_ms)
+        self.rules = self.alerts.rules
+        self._alert_slice = ""  # the input partition of the batch being scored: "stream:p"
+        self._alert_slices: set[str] = set()
         self.window_size_ms, self.grace_ms = m.window_size_ms, m.window_grace_ms
         self.flag_threshold = a.score_threshold
         # (stream, partition) -> (aggregator, last applied input offset)
@@ -112,11 +115,29 @@ class Pipeline:
             entry = self.windows[(stream, partition)] = [agg, offset]
         return entry
 
+    def alert_slice(self, key: str, stored: dict | None) -> None:
+        """Scoring a batch of input partition ``key`` next: load its alert state once."""
+        if key not in self._alert_slices:
+            self._alert_slices.add(key)
+            if stored:
+                self.alerts.load_state(stored, key)
+        self._alert_slice = key
+
     def _alert(self, stream: str, record: dict, entity: str, now: int) -> None:
-        alert = self.rules[stream].evaluate(record, entity, now)
-        if alert is not None:
-            self.outputs.send(ALERTS, alert["alert_id"], alert)
+        self._send_alerts(self.alerts.observe(stream, record, entity, now, self._alert_slice))
+
+    def _send_alerts(self, alerts: list[dict]) -> None:
+        for alert in alerts:  # keyed by incident: its firing and resolved stay in order
+            self.outputs.send(ALERTS, alert["incident_id"], alert_row(alert))
             metrics.ALERTS.labels(alert["rule"]).inc()
+
+    def _alert_tick(self, stream: str, now: int) -> None:
+        """Batch end: rate windows the watermark closed, quiet alerts resolved, new rules."""
+        rules = self.rules_source.poll()
+        if rules is not None:
+            self.alerts.set_rules(rules)
+            self.rules = rules
+        self._send_alerts(self.alerts.tick(stream, now))
 
     def score_batch(self, stream: str, events: list[dict], agg: WindowAggregator) -> None:
         now = _now_ms()
@@ -147,6 +168,7 @@ class Pipeline:
         for window in agg.pop_closed(now):
             self.outputs.send(AGGREGATES, window["group_key"], window)
             metrics.AGGREGATES.labels(stream).inc()
+        self._alert_tick(stream, now)
 
     def learn_labels(self, labels: list[dict]) -> None:
         scorers = {TRANSACTIONS: self.transactions, APPLICATIONS: self.applications}
@@ -188,8 +210,9 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         web_enabled=False,
     )
     outputs = Outputs(bootstrap)
-    pipeline = Pipeline(settings, outputs)
+    pipeline = Pipeline(settings, outputs, bootstrap)
     window_state = app.Table("window-state", default=None, partitions=kafka.partitions)
+    alert_state = app.Table("alert-state", default=None, partitions=kafka.partitions)
     app.riskstream_pipeline = pipeline  # for tests and introspection
 
     def scoring_agent(stream: str):
@@ -202,11 +225,13 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 agg, applied = pipeline.aggregator(stream, partition, window_state.get(state_key))
                 if offset <= applied:
                     continue  # replayed after a restart: already in the windows and outputs
+                pipeline.alert_slice(state_key, alert_state.get(state_key))
                 with metrics.BATCH_SECONDS.labels(stream).time():
                     pipeline.score_batch(stream, orjson.loads(event.value), agg)
                     outputs.flush()
                 pipeline.windows[(stream, partition)][1] = offset
                 window_state[state_key] = {"offset": offset, "windows": agg.to_state()}
+                alert_state[state_key] = pipeline.alerts.to_state(state_key)
 
         agent.__name__ = agent.__qualname__ = f"score_{stream.replace('-', '_')}"
         return app.agent(topic, name=agent.__name__)(agent)

@@ -95,9 +95,31 @@ class AlertSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RISKSTREAM_ALERT_", frozen=True)
 
     score_threshold: float = Field(0.9, ge=0, le=1)
+    # Rules (agents/rules.py): None is the file shipped in the package (pipelines/rules.yaml).
+    # The worker re-reads it, and the `rules` topic, at most this often.
+    rules_path: Path | None = None
+    rules_reload_s: float = Field(5.0, gt=0)
+    # Alerts link here: a Grafana (or the status page) base URL.
+    dashboard_url: str = "http://127.0.0.1:3000"
+    # Silences written by `riskstream alerts silence`; None: <state_dir>/silences.json.
+    silences_path: Path | None = None
+    # Channels: each is enabled by its URL or host. Secrets are never printed or logged.
     webhook_url: SecretStr | None = None
+    webhook_secret: SecretStr | None = None      # HMAC-SHA256 key of the webhook signature
+    slack_webhook_url: SecretStr | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    email_from: str = "riskstream@localhost"
+    email_to: str | None = None                  # comma-separated recipients
+    alertmanager_url: str | None = None          # base URL: POST {url}/api/v2/alerts
     timeout_s: float = 5.0
     max_attempts: int = Field(5, ge=1)
+    # Retries: exponential backoff with full jitter, from backoff_s up to max_backoff_s.
+    backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(30.0, ge=0)
 
 
 class ServiceSettings(BaseSettings):

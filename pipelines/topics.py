@@ -38,7 +38,12 @@ OUTPUT_TOPICS: tuple[str, ...] = (
     DEAD_LETTER,
 )
 
-ALL_TOPICS: tuple[str, ...] = INPUT_TOPICS + tuple(VALIDATED.values()) + OUTPUT_TOPICS
+# Control: a whole alert rules file (YAML) per message; every worker reads all of it and applies
+# the latest valid one (agents/rules.py). Publish with `riskstream alerts publish-rules FILE`.
+RULES = "rules"
+
+ALL_TOPICS: tuple[str, ...] = (INPUT_TOPICS + tuple(VALIDATED.values()) + OUTPUT_TOPICS
+                               + (RULES,))
 
 # Output topic -> lake / SQL table name.
 TABLE_OF_TOPIC = {
