@@ -106,6 +106,13 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
+    if args.clickhouse:  # the warehouse on a server; otherwise chDB over the lake
+        from sinks.clickhouse import FORMATS
+        from sinks.warehouse import ServerTarget
+
+        with ServerTarget(args.clickhouse, settings.clickhouse.database) as target:
+            print(target.query_text(args.query, FORMATS.get(args.format, args.format)), end="")
+        return 0
     from sinks.clickhouse import query_lake
 
     lake = Path(args.lake) if args.lake else settings.lake.path
@@ -157,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=["pretty", "csv", "json"], default="pretty")
     sql.add_argument("--lake", default=None, help="lake directory (default RISKSTREAM_LAKE_PATH)")
+    sql.add_argument("--clickhouse", metavar="URL", default=None,
+                     help="query the warehouse on this ClickHouse server instead of the lake")
     sql.set_defaults(func=cmd_sql)
 
     schemas = sub.add_parser("schemas", help="JSON Schema files for producers")
@@ -171,7 +180,9 @@ def parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommands: each defines ``register(subparsers)`` and sets
 # ``func(args, settings) -> int`` on its parsers. Keeps this file from growing with every feature.
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.evaluate",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipelines.evaluate", "pipelines.warehouse_cli",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

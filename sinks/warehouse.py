@@ -29,7 +29,7 @@ Examples
 ...     again = migrate(target)
 ...     rows = target.query("SELECT count() AS n FROM scored_transactions")
 >>> [m.name for m in applied], again, rows
-(['0001_tables', '0002_rollups'], [], [{'n': 0}])
+(['0001_tables', '0002_rollups', '0003_loader'], [], [{'n': 0}])
 """
 
 from __future__ import annotations

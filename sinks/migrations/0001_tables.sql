@@ -152,7 +152,19 @@ CREATE TABLE IF NOT EXISTS alerts
     value       Nullable(Float64),
     threshold   Nullable(Float64),
     summary     Nullable(String),
-    created_at  DateTime64(3, 'UTC')
+    created_at  DateTime64(3, 'UTC'),
+    -- the explanation (agents/alerting.py); null in alerts written before it existed
+    status         LowCardinality(Nullable(String)),
+    incident_id    Nullable(String),
+    group_key      Nullable(String),
+    labels         Nullable(String),
+    condition      Nullable(String),
+    window_ms      Nullable(Int64),
+    count          Nullable(Int64),
+    reasons        Array(LowCardinality(String)),
+    dashboard_url  Nullable(String),
+    query          Nullable(String),
+    description    Nullable(String)
 )
 ENGINE = ReplacingMergeTree(created_at)
 PARTITION BY toYYYYMM(created_at)
