@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
 # Modules that add their own subcommands: each defines ``register(subparsers)`` and sets
 # ``func(args, settings) -> int`` on its parsers. Keeps this file from growing with every feature.
 COMMAND_MODULES: tuple[str, ...] = (
-    "pipelines.evaluate", "pipelines.warehouse_cli",
+    "pipelines.evaluate", "pipelines.warehouse_cli", "pipelines.alerts_cli",
 )
 
 
