@@ -98,6 +98,14 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def main_load(argv: list[str]) -> int:
+    """``riskstream load ARGV`` without the rest of the command line (tests run it so)."""
+    parser = argparse.ArgumentParser(prog="riskstream")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["load", *argv])
+    return args.func(args, Settings())
+
+
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
