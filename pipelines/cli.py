@@ -108,10 +108,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     if args.clickhouse:  # the warehouse on a server; otherwise chDB over the lake
         from sinks.clickhouse import FORMATS
-        from sinks.warehouse import ServerTarget
+        from sinks.warehouse import QUERY_SETTINGS, ServerTarget
 
         with ServerTarget(args.clickhouse, settings.clickhouse.database) as target:
-            print(target.query_text(args.query, FORMATS.get(args.format, args.format)), end="")
+            print(target.query_text(args.query, FORMATS.get(args.format, args.format),
+                                    QUERY_SETTINGS), end="")
         return 0
     from sinks.clickhouse import query_lake
 

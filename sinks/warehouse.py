@@ -39,6 +39,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATIONS_TABLE = "schema_migrations"
+QUERIES_DIR = Path(__file__).resolve().parent / "queries"
+# Analysts' queries run with FINAL applied to every table that has it (ReplacingMergeTree
+# rows of a replayed event count once before merges), so the same SQL answers the same on
+# the lake (no FINAL there: the setting is ignored) and in the warehouse.
+QUERY_SETTINGS: dict[str, Any] = {"final": 1}
 
 # Which retention applies to which table, and the column it counts from.
 RAW, ROLLUP = "raw", "rollup"
@@ -123,8 +129,8 @@ class Target(Protocol):
     def command(self, sql: str) -> None:
         """Run one statement (DDL, ``INSERT ... SELECT``, ``OPTIMIZE``...)."""
 
-    def query(self, sql: str) -> list[dict]:
-        """Run one ``SELECT``; return its rows as dicts of Python values."""
+    def query(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[dict]:
+        """Run one ``SELECT`` (with ``settings``); return its rows as dicts of Python values."""
 
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, Any]) -> None:
         """Insert ``data`` (columns named like the table's) with per-insert ``settings``."""
@@ -164,11 +170,25 @@ class ChdbTarget:
     def command(self, sql: str) -> None:
         self._run(sql)
 
-    def query(self, sql: str) -> list[dict]:
-        return self._run(sql, "ArrowTable").to_pylist()
+    def query(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[dict]:
+        with self._settings(settings):
+            return self._run(sql, "ArrowTable").to_pylist()
 
-    def query_text(self, sql: str, fmt: str) -> str:
-        return self._run(sql, fmt).bytes().decode()
+    def query_text(self, sql: str, fmt: str, settings: Mapping[str, Any] | None = None) -> str:
+        with self._settings(settings):
+            return self._run(sql, fmt).bytes().decode()
+
+    @contextmanager
+    def _settings(self, settings: Mapping[str, Any] | None):
+        # A chDB session keeps SET values: set them for one query, then back to defaults.
+        if settings:
+            self._run(f"SET {_settings_sql(settings)}")
+        try:
+            yield
+        finally:
+            if settings:
+                for key in settings:
+                    self._run(f"SET {key} = DEFAULT")
 
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, Any]) -> None:
         columns = ", ".join(identifier(c) for c in data.column_names)
@@ -221,15 +241,15 @@ class ServerTarget:
         except Exception as exc:
             raise WarehouseError(_one_line(str(exc))) from None
 
-    def query(self, sql: str) -> list[dict]:
+    def query(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[dict]:
         try:
-            return list(self._client.query(sql).named_results())
+            return list(self._client.query(sql, settings=dict(settings or {})).named_results())
         except Exception as exc:
             raise WarehouseError(_one_line(str(exc))) from None
 
-    def query_text(self, sql: str, fmt: str) -> str:
+    def query_text(self, sql: str, fmt: str, settings: Mapping[str, Any] | None = None) -> str:
         try:
-            return self._client.raw_query(sql, fmt=fmt).decode()
+            return self._client.raw_query(sql, settings=dict(settings or {}), fmt=fmt).decode()
         except Exception as exc:
             raise WarehouseError(_one_line(str(exc))) from None
 
@@ -397,3 +417,15 @@ def apply_ttls(target: Target, settings: ClickHouseSettings) -> list[str]:
     if changed:
         log.info("warehouse: TTL set on %s", ", ".join(changed))
     return changed
+
+
+# -- starter queries ----------------------------------------------------------------------
+
+def starter_queries(warehouse_only: bool = False) -> dict[str, str]:
+    """Return the analysts' starter queries (``sinks/queries/*.sql``) by name.
+
+    They run unchanged on the lake (``riskstream sql``) and in the warehouse (with
+    ``QUERY_SETTINGS``); ``warehouse_only`` returns those that read the rollups instead.
+    """
+    directory = QUERIES_DIR / "warehouse" if warehouse_only else QUERIES_DIR
+    return {path.stem: path.read_text() for path in sorted(directory.glob("*.sql"))}
