@@ -8,8 +8,8 @@ import pytest
 
 from pipelines.cli import parser
 from pipelines.settings import (
-    AlertSettings, KafkaSettings, LakeSettings, ModelSettings, PiiSettings, ServiceSettings,
-    ValidationSettings,
+    AlertSettings, ClickHouseSettings, KafkaSettings, LakeSettings, ModelSettings, PiiSettings,
+    ServiceSettings, ValidationSettings,
 )
 
 yaml = pytest.importorskip("yaml")
@@ -23,8 +23,8 @@ def compose() -> dict:
 
 def _settings_env_names() -> set[str]:
     names = set()
-    for cls in (AlertSettings, KafkaSettings, LakeSettings, ModelSettings, PiiSettings,
-                ServiceSettings, ValidationSettings):
+    for cls in (AlertSettings, ClickHouseSettings, KafkaSettings, LakeSettings, ModelSettings,
+                PiiSettings, ServiceSettings, ValidationSettings):
         prefix = cls.model_config["env_prefix"]
         names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
     return names
@@ -70,3 +70,19 @@ def test_mounted_files_and_build_context_exist(compose):
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies a missing path: {source}"
+
+
+def test_the_warehouse_gets_its_schema_then_its_loader(compose):
+    services = compose["services"]
+    migrate, load = services["migrate"], services["load"]
+    assert migrate["command"][:2] == ["warehouse", "migrate"]
+    assert migrate["restart"] == "no"  # one shot
+    assert migrate["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    assert load["command"] == ["load"]
+    assert load["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert load["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    for service in (migrate, load):
+        url = service["environment"]["RISKSTREAM_CLICKHOUSE_URL"]
+        assert "@clickhouse:8123" in url and "${CLICKHOUSE_PASSWORD" in url
+        assert service["environment"]["RISKSTREAM_CLICKHOUSE_DATABASE"] == (
+            services["clickhouse"]["environment"]["CLICKHOUSE_DB"])
