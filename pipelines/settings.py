@@ -53,8 +53,6 @@ class LakeSettings(BaseSettings):
     # A sink flushes when a table's buffer holds this many rows or is this old.
     flush_rows: int = Field(50_000, ge=1)
     flush_interval_s: float = Field(5.0, gt=0)
-    # `riskstream lake retain` deletes hour partitions older than this (None: keep everything).
-    retention_days: int | None = Field(None, ge=1)
 
 
 class ClickHouseSettings(BaseSettings):

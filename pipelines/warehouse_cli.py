@@ -1,5 +1,4 @@
-"""``riskstream warehouse migrate|status``, ``riskstream load`` and ``riskstream lake
-compact|retain``: the ClickHouse warehouse and the lake's housekeeping.
+"""``riskstream warehouse migrate|status`` and ``riskstream load``: the ClickHouse warehouse.
 
 Without ``--clickhouse URL`` (or ``RISKSTREAM_CLICKHOUSE_URL``) the warehouse is chDB's
 embedded database in ``RISKSTREAM_CLICKHOUSE_PATH`` (default ``var/warehouse``), which one
@@ -35,22 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="a ClickHouse server (default: RISKSTREAM_CLICKHOUSE_URL, else chDB)")
     load.add_argument("--group", default="riskstream-loader", help="Kafka consumer group")
     load.set_defaults(func=cmd_load)
-
-    lake = sub.add_parser("lake", help="lake housekeeping: compaction and retention")
-    what = lake.add_subparsers(dest="lake_command", required=True)
-    compact = what.add_parser("compact", help="merge each hour partition's small Parquet "
-                              "files into one (safe while the sink writes)")
-    compact.add_argument("--table", action="append", default=None, help="only these tables")
-    compact.add_argument("--min-files", type=int, default=2,
-                         help="compact an hour holding at least this many files")
-    compact.add_argument("--lake", default=None, help="lake directory (default "
-                         "RISKSTREAM_LAKE_PATH)")
-    compact.set_defaults(func=cmd_compact)
-    retain = what.add_parser("retain", help="delete hour partitions older than N days")
-    retain.add_argument("--days", type=int, default=None,
-                        help="default RISKSTREAM_LAKE_RETENTION_DAYS")
-    retain.add_argument("--lake", default=None, help="lake directory")
-    retain.set_defaults(func=cmd_retain)
 
 
 def _logging(settings: Settings) -> None:
@@ -104,30 +87,3 @@ def main_load(argv: list[str]) -> int:
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["load", *argv])
     return args.func(args, Settings())
-
-
-def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
-    from sinks.compaction import compact_lake
-
-    _logging(settings)
-    lake = Path(args.lake) if args.lake else settings.lake.path
-    done = compact_lake(lake, tables=args.table, min_files=args.min_files)
-    print(json.dumps([c.summary() for c in done], indent=2))
-    return 0
-
-
-def cmd_retain(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
-    from sinks.compaction import retain_lake
-
-    _logging(settings)
-    days = args.days if args.days is not None else settings.lake.retention_days
-    if days is None:
-        raise ConfigError("how long to keep? pass --days N or set "
-                          "RISKSTREAM_LAKE_RETENTION_DAYS")
-    lake = Path(args.lake) if args.lake else settings.lake.path
-    print(json.dumps(retain_lake(lake, days=days), indent=2))
-    return 0
