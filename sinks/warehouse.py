@@ -281,7 +281,7 @@ def _redact(url: str) -> str:
 
 
 def open_target(settings: ClickHouseSettings, url: str | None = None) -> Target:
-    """Return the target ``url`` (a server), else ``settings.url``, else chDB at ``settings.path``."""
+    """Return the server at ``url``, else at ``settings.url``, else chDB at ``settings.path``."""
     if url is None and settings.url is not None:
         url = settings.url.get_secret_value()
     if url:
