@@ -62,7 +62,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(settings.service.metrics_port, settings.service.bind_host)
     app = build_app(settings, bootstrap)
     # The CLI flag, not web_enabled=False: in code Faust still binds 0.0.0.0:6066 (DESIGN.md).
-    sys.argv = ["riskstream", "worker", "--without-web", "-l", settings.service.log_level.lower()]
+    faust_level = {"WARNING": "warn", "CRITICAL": "crit"}.get(
+        settings.service.log_level.upper(), settings.service.log_level.lower())
+    sys.argv = ["riskstream", "worker", "--without-web", "-l", faust_level]
     app.main()
     return 0
 
@@ -182,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
 # Modules that add their own subcommands: each defines ``register(subparsers)`` and sets
 # ``func(args, settings) -> int`` on its parsers. Keeps this file from growing with every feature.
 COMMAND_MODULES: tuple[str, ...] = (
-    "pipelines.evaluate", "pipelines.warehouse_cli", "pipelines.alerts_cli",
+    "pipelines.evaluate", "pipelines.bench", "pipelines.warehouse_cli", "pipelines.alerts_cli",
 )
 
 

@@ -1,0 +1,324 @@
+"""``riskstream bench``: the pipeline's speed against the raw ceilings, measured in one run.
+
+1. produce N pre-generated mixed events (the simulator's: transactions, applications, metrics,
+   labels, ~1 % malformed and ~1 % duplicates);
+2. the ceiling: a confluent-kafka batch ``consume()`` loop that only reads them;
+3. a Faust agent that only deserialises and counts them (Faust's per-message limit);
+4. the full pipeline (worker: validate, dedup, features, score, learn, windows, outputs; sink:
+   Parquet) working off the same backlog;
+then the latency from event time to scored output and to the lake at a fixed offered load of
+half of (4)'s rate, CPU seconds per 1,000 events and peak RSS of each process.
+
+Figures are printed and written as JSON, never asserted: machines are noisy, compare the
+ratios measured in the same run. Against a real Kafka (``RISKSTREAM_KAFKA_BOOTSTRAP``) use a
+cluster or namespace of its own: the bench writes to the pipeline's topics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
+from pipelines.kafka import producer_config
+from pipelines.settings import Settings
+from pipelines.simulator import SimConfig, Simulator
+from pipelines.topics import INPUT_TOPICS, METRIC_SAMPLES, SCORED_APPLICATIONS, SCORED_TRANSACTIONS
+from pipelines.up import scrape, total
+
+SCORED_TOPICS = (SCORED_TRANSACTIONS, SCORED_APPLICATIONS, METRIC_SAMPLES)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "n": 0}
+    values = sorted(values)
+
+    def pct(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+    return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "n": len(values)}
+
+
+def generate(n: int, *, seed: int = 1, start_ms: int | None = None,
+             rate_eps: float = 5_000.0) -> list[tuple[str, bytes, bytes, int]]:
+    """N simulator messages as (topic, key, value, event_time_ms)."""
+    start = start_ms if start_ms is not None else int(time.time() * 1000 - n / rate_eps * 1000)
+    sim = Simulator(SimConfig(seed=seed, rate_eps=rate_eps), start)
+    out = []
+    for msg in sim.messages():
+        out.append((msg.topic, msg.key, msg.value, msg.event_time_ms))
+        if len(out) == n:
+            return out
+    return out
+
+
+def produce(bootstrap: str, messages: list[tuple[str, bytes, bytes, int]]) -> float:
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 20, "batch.num.messages": 10000}))
+    t0 = time.perf_counter()
+    for topic, key, value, _ in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+    return len(messages) / (time.perf_counter() - t0)
+
+
+def ceiling(bootstrap: str, n: int) -> float:
+    """Events/s of a confluent-kafka batch consume loop that only reads."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-ceiling-{time.time()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "session.timeout.ms": 6000})
+    c.subscribe(list(INPUT_TOPICS))
+    got, first = 0, None
+    deadline = time.monotonic() + 120
+    while got < n and time.monotonic() < deadline:
+        batch = c.consume(10_000, timeout=1.0)
+        if batch and first is None:
+            first = time.perf_counter()
+        got += sum(1 for m in batch if not m.error())
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    c.close()
+    return got / elapsed if elapsed > 0 else float("nan")
+
+
+def faust_count(bootstrap: str, n: int, timeout_s: float = 300) -> float:
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.bench_faust", bootstrap, str(n)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    result: dict = {}
+
+    def read() -> None:
+        for line in proc.stdout:
+            # Faust's worker redirects stdout into its log format: find the JSON in the line.
+            if '{"n":' in line:
+                result.update(json.loads(line[line.index('{"n":'):].strip()))
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return result.get("eps", float("nan"))
+
+
+class Stage:
+    """A worker or sink process of the bench, with its metrics endpoint."""
+
+    def __init__(self, command: str, env: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.log = open(log_dir / f"{command}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", command],
+            env={**env, "RISKSTREAM_METRICS_PORT": str(self.port)},
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def samples(self) -> list:
+        return scrape(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
+             load_s: float) -> dict:
+    worker = Stage("worker", env, log_dir)
+    sink = Stage("sink", env, log_dir)
+    try:
+        # (4) the backlog: from the first event the gateway reads to the last one scored.
+        first = done = None
+        cpu0: dict[int, float] = {}
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            w = worker.samples()
+            read = total(w, "riskstream_events_in_total")
+            if read and first is None:
+                first = time.perf_counter()
+                cpu0 = {p.proc.pid: _proc_cpu_s(p.proc.pid) for p in (worker, sink)}
+            handled = (total(w, "riskstream_scored_total") + total(w, "riskstream_rejected_total")
+                       + total(w, "riskstream_validated_total", stream="labels"))
+            if first and read >= n and handled >= n:
+                done = time.perf_counter()
+                break
+            if first:
+                _say(f"  pipeline: {read:,}/{n:,} read, {handled:,} handled")
+            time.sleep(0.2 if first else 0.5)
+        if done is None:
+            raise RuntimeError(f"the pipeline did not finish the backlog; logs in {log_dir}")
+        eps = n / (done - first)
+        cpu = {pid: _proc_cpu_s(pid) - c for pid, c in cpu0.items()}
+        cpu_per_1000 = sum(cpu.values()) / n * 1000
+
+        # Latency at half load, events timestamped when produced.
+        rate = eps / 2
+        _say(f"  latency at half load: {rate:,.0f} events/s for {load_s:.0f} s")
+        scored_ms, lake_ms = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]))
+        rss = {"worker": _proc_peak_rss_mb(worker.proc.pid),
+               "sink": _proc_peak_rss_mb(sink.proc.pid)}
+        return {"pipeline_eps": eps, "cpu_s_per_1000_events": cpu_per_1000,
+                "latency_ms": _percentiles(scored_ms), "latency_to_lake_ms": _percentiles(lake_ms),
+                "offered_load_eps": rate, "rss_mb": rss}
+    finally:
+        worker.stop()
+        sink.stop()
+
+
+def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
+            ) -> tuple[list[float], list[float]]:
+    """Offer ``rate_eps`` for ``load_s``; return event-to-scored and event-to-lake latencies."""
+    load_start_ms = int(time.time() * 1000)
+    messages = generate(int(rate_eps * load_s), seed=2, start_ms=load_start_ms, rate_eps=rate_eps)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-lat-{time.time()}",
+                         "auto.offset.reset": "latest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000})
+    consumer.subscribe(list(SCORED_TOPICS))
+    while not consumer.assignment():  # join before producing: "latest" means from now
+        consumer.poll(0.2)
+    scored: list[float] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            for m in consumer.consume(5000, timeout=0.2):
+                if m.error():
+                    continue
+                now = time.time() * 1000
+                t = orjson.loads(m.value())["event_time"]
+                if t >= load_start_ms:
+                    scored.append(now - t)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
+    t0 = time.time() * 1000
+    for topic, key, value, event_ms in messages:
+        delay = (event_ms - load_start_ms) - (time.time() * 1000 - t0)
+        if delay > 1:
+            time.sleep(delay / 1000)
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    producer.flush(30)
+    time.sleep(3.0)  # the tail of the load reaches the outputs (bounded, then we stop reading)
+    stop.set()
+    reader.join(5)
+    consumer.close()
+    return scored, _lake_latencies(lake, load_start_ms)
+
+
+def _lake_latencies(lake: Path, since_ms: int) -> list[float]:
+    """Per row: the time its Parquet file appeared minus the row's event time."""
+    import pyarrow.parquet as pq
+
+    out: list[float] = []
+    for table in ("scored_transactions", "scored_applications", "metric_samples"):
+        for path in (lake / table).rglob("*.parquet"):
+            written_ms = path.stat().st_mtime * 1000
+            if written_ms < since_ms:
+                continue
+            times = pq.read_table(path, columns=["event_time"]).column(0).cast("int64").to_pylist()
+            out += [written_ms - t for t in times if t >= since_ms]
+    return out
+
+
+def run_bench(settings: Settings, *, events: int, json_out: Path | None,
+              load_s: float = 15.0) -> dict:
+    broker = None
+    bootstrap = settings.kafka.bootstrap
+    work = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
+    try:
+        if not bootstrap:
+            broker = EmbeddedBroker(log_path=work / "broker.log").start()
+            bootstrap = broker.bootstrap
+        ensure_topics(bootstrap, partitions=settings.kafka.partitions)
+        _say(f"bench: {events:,} events on {bootstrap}; work dir {work}")
+        _say("1/4 generating and producing ...")
+        messages = generate(events)
+        produce_eps = produce(bootstrap, messages)
+        del messages
+        _say("2/4 ceiling: confluent-kafka batch consume ...")
+        ceiling_eps = ceiling(bootstrap, events)
+        _say("3/4 Faust count-only agent ...")
+        faust_eps = faust_count(bootstrap, events)
+        _say("4/4 full pipeline: worker + sink ...")
+        env = {**os.environ, "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+               "RISKSTREAM_LAKE_PATH": str(work / "lake"),
+               "RISKSTREAM_STATE_DIR": str(work / "state"),
+               "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": "1", "RISKSTREAM_LOG_LEVEL": "WARNING"}
+        result = {"events": events, "bootstrap": "embedded" if broker else "external",
+                  "produce_eps": produce_eps, "ceiling_eps": ceiling_eps,
+                  "faust_count_eps": faust_eps,
+                  **pipeline(bootstrap, events, env, work, load_s)}
+        result["ratio_pipeline_to_faust"] = result["pipeline_eps"] / faust_eps
+        result["ratio_pipeline_to_ceiling"] = result["pipeline_eps"] / ceiling_eps
+        print(report(result))
+        if json_out:
+            Path(json_out).write_text(json.dumps(result, indent=2))
+        return result
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def report(r: dict) -> str:
+    lat, lake = r["latency_ms"], r["latency_to_lake_ms"]
+    return "\n".join([
+        f"riskstream bench: {r['events']:,} mixed events ({r['bootstrap']} broker)",
+        f"  produce                         {r['produce_eps']:>12,.0f} events/s",
+        f"  (2) ceiling: batch consume       {r['ceiling_eps']:>12,.0f} events/s",
+        f"  (3) Faust count-only agent       {r['faust_count_eps']:>12,.0f} events/s",
+        f"  (4) full pipeline                {r['pipeline_eps']:>12,.0f} events/s",
+        f"      (4)/(3) = {r['ratio_pipeline_to_faust']:.2f}x   "
+        f"(4)/(2) = {r['ratio_pipeline_to_ceiling']:.3f}",
+        f"  CPU: {r['cpu_s_per_1000_events']:.3f} s per 1,000 events (worker + sink)",
+        f"  latency at {r['offered_load_eps']:,.0f} events/s, event time to scored output: "
+        f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,})",
+        f"  latency to the lake: p50 {lake['p50']} ms, p95 {lake['p95']} ms, p99 {lake['p99']} ms",
+        f"  peak RSS: worker {r['rss_mb']['worker']:.0f} MiB, sink {r['rss_mb']['sink']:.0f} MiB",
+    ])
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="throughput and latency against the raw ceilings")
+    bench.add_argument("--events", type=int, default=200_000)
+    bench.add_argument("--load-seconds", type=float, default=15.0,
+                       help="duration of the half-load latency phase")
+    bench.add_argument("--json", dest="json_out", default=None)
+    bench.set_defaults(func=lambda args, settings: run_bench(
+        settings, events=args.events, json_out=args.json_out, load_s=args.load_seconds) and 0)

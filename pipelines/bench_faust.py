@@ -1,0 +1,48 @@
+"""The Faust count-only agent of ``riskstream bench``: Faust's per-message ceiling.
+
+Run as ``python -m pipelines.bench_faust BOOTSTRAP N``: an agent that only deserialises
+(``orjson.loads``) and counts the messages of the input topics; prints one JSON line with the
+events/s from its first to its N-th message; the caller then stops it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import faust
+import orjson
+
+from pipelines.topics import INPUT_TOPICS
+
+
+def main(bootstrap: str, expected: int) -> None:
+    app = faust.App(f"bench-count-{int(time.time())}", broker=f"kafka://{bootstrap}",
+                    store="memory://", value_serializer="raw", key_serializer="raw",
+                    broker_session_timeout=8, consumer_auto_offset_reset="earliest",
+                    topic_allow_declare=False, web_enabled=False)
+    topics = app.topic(*INPUT_TOPICS, value_serializer="raw", key_serializer="raw")
+    state = {"n": 0, "first": 0.0}
+
+    @app.agent(topics)
+    async def count(stream: faust.StreamT) -> None:
+        async for value in stream:
+            if state["n"] == 0:
+                state["first"] = time.perf_counter()
+            try:
+                orjson.loads(value)
+            except orjson.JSONDecodeError:
+                pass
+            state["n"] += 1
+            if state["n"] == expected:
+                elapsed = time.perf_counter() - state["first"]
+                # The parent reads this line and stops the process.
+                print(orjson.dumps({"n": expected, "seconds": elapsed,
+                                    "eps": expected / elapsed}).decode(), flush=True)
+
+    sys.argv = ["bench-count", "worker", "--without-web", "-l", "warn"]
+    app.main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
