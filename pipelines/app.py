@@ -148,12 +148,14 @@ class Pipeline:
                 late = not agg.add(event["merchant_id"], event["event_time"], event["amount"],
                                    record["score"])
                 self._alert(stream, record, event["card_id"], now)
+                metrics.DECISIONS.labels(stream, record["decision"]).inc()
             elif stream == APPLICATIONS:
                 record = self.applications.score_record(event, now)
                 self.outputs.send(SCORED_APPLICATIONS, event["applicant_id"], _strip(record))
                 late = not agg.add(event["product"], event["event_time"],
                                    event["requested_amount"], record["score"])
                 self._alert(stream, record, event["applicant_id"], now)
+                metrics.DECISIONS.labels(stream, record["decision"]).inc()
             else:
                 record = self.metrics.score_record(event, now)
                 series = f"{event['host']}/{event['metric']}"
@@ -164,6 +166,7 @@ class Pipeline:
                 self._alert(stream, record, series, now)
             if late:
                 metrics.LATE.labels(stream).inc()
+            metrics.SCORES.labels(stream).observe(record["score"])
         metrics.SCORED.labels(stream).inc(len(events))
         for window in agg.pop_closed(now):
             self.outputs.send(AGGREGATES, window["group_key"], window)

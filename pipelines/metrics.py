@@ -30,3 +30,11 @@ def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
     if port:
         start_http_server(port, addr=host)
         log.info("metrics on http://%s:%d/metrics", host, port)
+
+# What the scorers decide (dashboards/live.py draws them): one observation per scored event.
+# Buckets of 0.05 up to 1: a score histogram with the review/decline thresholds visible.
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+SCORES = Histogram("riskstream_score", "Scores of scored events", ["stream"],
+                   buckets=SCORE_BUCKETS)
+DECISIONS = Counter("riskstream_decisions_total", "Decisions of scored events",
+                    ["stream", "decision"])
