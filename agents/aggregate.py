@@ -23,6 +23,11 @@ class WindowAggregator:
         self.late = 0
 
     @property
+    def max_event_ms(self) -> int:
+        """The largest event time seen: the event-time clock of this partition."""
+        return self._max_event_ms
+
+    @property
     def watermark_ms(self) -> int:
         return self._max_event_ms - self.grace_ms
 

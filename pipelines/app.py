@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -31,9 +32,11 @@ from confluent_kafka import Producer
 
 from agents.aggregate import WindowAggregator
 from agents.alerting import AlertEngine, alert_row
+from agents.anomaly import STATE_VERSION as METRIC_STATE_VERSION
 from agents.anomaly import MetricScorer
 from agents.fraud import ApplicationScorer, TransactionScorer
 from agents.rules import RulesSource
+from agents.snapshot import SnapshotStore
 from agents.validate import Gateway
 from pipelines import metrics
 from pipelines.kafka import producer_config
@@ -42,6 +45,7 @@ from pipelines.topics import (
     AGGREGATES, ALERTS, APPLICATIONS, LABELS, METRIC_ANOMALIES, METRIC_SAMPLES,
     RULES, SCORED_APPLICATIONS, SCORED_TRANSACTIONS, SYSTEM_METRICS, TRANSACTIONS, VALIDATED,
 )
+from schemas.outputs import METRIC_SAMPLE
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +90,15 @@ class Pipeline:
         self.outputs = outputs
         self.transactions = TransactionScorer(seed=m.seed)
         self.applications = ApplicationScorer(seed=m.seed)
-        self.metrics = MetricScorer(anomaly_threshold=m.anomaly_threshold)
         self.anomaly_threshold = m.anomaly_threshold
+        # One metric detector per input partition (series are keyed by host/metric, so a
+        # series lives in one partition), snapshotted to files and restored with it.
+        self._metric_scorers: dict[int, MetricScorer] = {}
+        self.snapshots = SnapshotStore(m.snapshot_dir)
+        self.snapshot_interval_s = m.snapshot_interval_s
+        self._learned: dict[str, int] = {}        # "stream:partition" -> last offset in a model
+        self._snapshot_due: dict[str, float] = {}
+        self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
         # Alert rules from YAML (agents/rules.py), reloaded on change and from the rules topic.
         self.rules_source = RulesSource(
             a.rules_path, params={"score_threshold": a.score_threshold,
@@ -102,6 +113,72 @@ class Pipeline:
         self.flag_threshold = a.score_threshold
         # (stream, partition) -> (aggregator, last applied input offset)
         self.windows: dict[tuple[str, int], list] = {}
+
+    def metric_scorer(self, partition: int) -> MetricScorer:
+        """The partition's metric detector, restored from its latest snapshot if any."""
+        scorer = self._metric_scorers.get(partition)
+        if scorer is None:
+            scorer = MetricScorer(anomaly_threshold=self.anomaly_threshold)
+            key = f"{SYSTEM_METRICS}:{partition}"
+            snap = self.snapshots.load(f"{SYSTEM_METRICS}-p{partition}", model="MetricScorer",
+                                       state_version=METRIC_STATE_VERSION,
+                                       feature_schema=scorer.model_version)
+            if snap is not None:
+                scorer.load_state(snap.state)
+                self._learned[key] = snap.manifest["offsets"][key]
+                log.info("%s: metric detector restored from snapshot %d (offset %d)", key,
+                         snap.manifest["seq"], self._learned[key])
+            self._metric_scorers[partition] = scorer
+            self._snapshot_due[key] = time.monotonic() + self.snapshot_interval_s
+        return scorer
+
+    def learned_offset(self, stream: str, partition: int) -> int:
+        """The last input offset the partition's models have learned (-1: none known)."""
+        if stream == SYSTEM_METRICS:
+            self.metric_scorer(partition)
+        return self._learned.get(f"{stream}:{partition}", -1)
+
+    def relearn(self, stream: str, partition: int, events: list[dict], offset: int) -> None:
+        """Replay a batch into the models only: its outputs and windows already went out."""
+        if stream == SYSTEM_METRICS:
+            scorer = self.metric_scorer(partition)
+            for event in events:
+                scorer.score_record(event, 0)
+        self._learned[f"{stream}:{partition}"] = offset
+
+    def maybe_snapshot(self, stream: str, partition: int, offset: int, *, force: bool = False
+                       ) -> None:
+        """Snapshot the partition's models when due (at most every snapshot_interval_s)."""
+        key = f"{stream}:{partition}"
+        self._learned[key] = offset
+        if stream != SYSTEM_METRICS or partition not in self._metric_scorers:
+            return
+        if not force and time.monotonic() < self._snapshot_due.get(key, 0.0):
+            return
+        self._snapshot_due[key] = time.monotonic() + self.snapshot_interval_s
+        scorer = self._metric_scorers[partition]
+        # The state is copied now, on the event loop; compressing and writing it is not.
+        self._snapshotter.submit(
+            self.snapshots.save, f"{stream}-p{partition}", scorer.to_state(),
+            model="MetricScorer", state_version=METRIC_STATE_VERSION,
+            feature_schema=scorer.model_version, offsets={key: offset})
+
+    def release(self, stream: str, partition: int) -> None:
+        """A partition moves to another worker: snapshot its models now and forget them."""
+        key = f"{stream}:{partition}"
+        if stream == SYSTEM_METRICS and partition in self._metric_scorers and key in self._learned:
+            self.maybe_snapshot(stream, partition, self._learned[key], force=True)
+        self._metric_scorers.pop(partition, None)
+        self.windows.pop((stream, partition), None)
+        self._learned.pop(key, None)
+
+    def close(self) -> None:
+        """Final snapshots, written before the worker exits."""
+        for partition in list(self._metric_scorers):
+            key = f"{SYSTEM_METRICS}:{partition}"
+            if key in self._learned:
+                self.maybe_snapshot(SYSTEM_METRICS, partition, self._learned[key], force=True)
+        self._snapshotter.shutdown(wait=True)
 
     def aggregator(self, stream: str, partition: int, stored: dict | None) -> list:
         entry = self.windows.get((stream, partition))
@@ -139,7 +216,8 @@ class Pipeline:
             self.rules = rules
         self._send_alerts(self.alerts.tick(stream, now))
 
-    def score_batch(self, stream: str, events: list[dict], agg: WindowAggregator) -> None:
+    def score_batch(self, stream: str, events: list[dict], agg: WindowAggregator,
+                    partition: int = 0) -> None:
         now = _now_ms()
         for event in events:
             if stream == TRANSACTIONS:
@@ -157,7 +235,7 @@ class Pipeline:
                 self._alert(stream, record, event["applicant_id"], now)
                 metrics.DECISIONS.labels(stream, record["decision"]).inc()
             else:
-                record = self.metrics.score_record(event, now)
+                record = self.metric_scorer(partition).score_record(event, now)
                 series = f"{event['host']}/{event['metric']}"
                 self.outputs.send(METRIC_SAMPLES, series, _strip(record))
                 if record["score"] >= self.anomaly_threshold:
@@ -168,10 +246,21 @@ class Pipeline:
                 metrics.LATE.labels(stream).inc()
             metrics.SCORES.labels(stream).observe(record["score"])
         metrics.SCORED.labels(stream).inc(len(events))
+        if stream == SYSTEM_METRICS:
+            self._silences(partition, agg.max_event_ms, now)
         for window in agg.pop_closed(now):
             self.outputs.send(AGGREGATES, window["group_key"], window)
             metrics.AGGREGATES.labels(stream).inc()
         self._alert_tick(stream, now)
+
+    def _silences(self, partition: int, event_clock_ms: int, now: int) -> None:
+        """Series of this partition that stopped reporting, in event time: anomalies."""
+        for record in self.metric_scorer(partition).silent_series(event_clock_ms):
+            record = {k: record.get(k) for k in METRIC_SAMPLE.names}
+            record["scored_at"] = now
+            series = f"{record['host']}/{record['metric']}"
+            self.outputs.send(METRIC_ANOMALIES, series, record)
+            self._alert(SYSTEM_METRICS, record, series, now)
 
     def learn_labels(self, labels: list[dict]) -> None:
         scorers = {TRANSACTIONS: self.transactions, APPLICATIONS: self.applications}
@@ -227,14 +316,19 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 state_key = f"{stream}:{partition}"
                 agg, applied = pipeline.aggregator(stream, partition, window_state.get(state_key))
                 if offset <= applied:
-                    continue  # replayed after a restart: already in the windows and outputs
+                    # Replayed after a restart: already in the windows and outputs; the models
+                    # learn it again only if their snapshot is older than this batch.
+                    if offset > pipeline.learned_offset(stream, partition):
+                        pipeline.relearn(stream, partition, orjson.loads(event.value), offset)
+                    continue
                 pipeline.alert_slice(state_key, alert_state.get(state_key))
                 with metrics.BATCH_SECONDS.labels(stream).time():
-                    pipeline.score_batch(stream, orjson.loads(event.value), agg)
+                    pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)
                     outputs.flush()
                 pipeline.windows[(stream, partition)][1] = offset
                 window_state[state_key] = {"offset": offset, "windows": agg.to_state()}
                 alert_state[state_key] = pipeline.alerts.to_state(state_key)
+                pipeline.maybe_snapshot(stream, partition, offset)
 
         agent.__name__ = agent.__qualname__ = f"score_{stream.replace('-', '_')}"
         return app.agent(topic, name=agent.__name__)(agent)
@@ -247,6 +341,17 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     async def learn_labels(batches: faust.StreamT) -> None:
         async for value in batches:
             pipeline.learn_labels(orjson.loads(value))
+
+    @app.on_before_shutdown.connect
+    async def _final_snapshots(app: faust.App, **kwargs: Any) -> None:
+        pipeline.close()
+
+    @app.on_partitions_revoked.connect
+    async def _hand_over(app: faust.App, revoked: set, **kwargs: Any) -> None:
+        # The new owner restores these partitions' models from the snapshot written here.
+        for tp in revoked:
+            if tp.topic == VALIDATED[SYSTEM_METRICS]:
+                pipeline.release(SYSTEM_METRICS, tp.partition)
 
     if run_gateway:
         @app.service

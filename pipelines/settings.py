@@ -87,6 +87,10 @@ class ModelSettings(BaseSettings):
     anomaly_threshold: float = Field(0.9, ge=0, le=1)
     window_size_ms: int = 60_000
     window_grace_ms: int = 10_000
+    # Model snapshots (agents/snapshot.py): a directory, shared storage when workers run on
+    # several hosts; written at most this often per model and partition.
+    snapshot_dir: Path = Path("var/state/models")
+    snapshot_interval_s: float = Field(60.0, gt=0)
 
 
 class AlertSettings(BaseSettings):

@@ -1,0 +1,137 @@
+"""Versioned model snapshots: state as JSON with a manifest, never a pickle of live objects.
+
+A snapshot is a directory entry ``<root>/<name>/<seq>.json.gz`` (the state) with its manifest
+``<seq>.manifest.json`` written after it: the manifest is the commit, so a crash mid-write
+leaves no snapshot that looks complete. The manifest records what is needed to refuse an
+incompatible snapshot instead of silently mis-scoring with it:
+
+- ``format``: the layout of this file (bumped when the layout changes);
+- ``model`` and ``state_version``: the class and its state layout;
+- ``feature_schema_hash``: a hash of the feature names the model was trained on;
+- ``libraries``: riskstream, river and Python versions (informational);
+- ``offsets``: the last input offset learned, per ``"stream:partition"``.
+
+Snapshots go to a directory (``RISKSTREAM_MODEL_SNAPSHOT_DIR``): per-card and per-series
+state is far larger than a Kafka message. Workers on several hosts point it at shared storage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import orjson
+
+from pipelines.errors import RiskstreamError
+
+FORMAT = 1
+KEEP = 3  # snapshots kept per name: the latest and two to roll back to
+
+
+class SnapshotIncompatible(RiskstreamError):
+    """A model snapshot was written by an incompatible version of the model.
+
+    Operator action: delete the snapshot directory named in the message to retrain from the
+    labels (scores are cold until enough labels arrived), or run the riskstream version that
+    wrote it.
+    """
+
+
+def feature_schema_hash(names: list[str] | tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    manifest: dict
+    state: dict
+
+
+class SnapshotStore:
+    """Save and load the snapshots of named models under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _dir(self, name: str) -> Path:
+        return self.root / name
+
+    def save(self, name: str, state: dict, *, model: str, state_version: int,
+             feature_schema: str, offsets: dict[str, int], extra: dict | None = None) -> Path:
+        d = self._dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        seq = max((int(p.name.split(".")[0]) for p in d.glob("*.manifest.json")), default=0) + 1
+        data_path = d / f"{seq:08d}.json.gz"
+        tmp = data_path.with_suffix(".gz.tmp")
+        with open(tmp, "wb") as f:
+            f.write(gzip.compress(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY), 3))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, data_path)
+        manifest = {
+            "format": FORMAT, "name": name, "seq": seq, "model": model,
+            "state_version": state_version, "feature_schema_hash": feature_schema,
+            "offsets": offsets, "created_ms": int(time.time() * 1000),
+            "libraries": {"riskstream": _version("riskstream"), "river": _version("river"),
+                          "python": platform.python_version()},
+            "data": data_path.name, **(extra or {}),
+        }
+        manifest_path = d / f"{seq:08d}.manifest.json"
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, manifest_path)
+        self._prune(d)
+        return manifest_path
+
+    def _prune(self, d: Path) -> None:
+        manifests = sorted(d.glob("*.manifest.json"))
+        for old in manifests[:-KEEP]:
+            (d / json.loads(old.read_text())["data"]).unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+
+    def manifests(self, name: str) -> list[dict]:
+        """Manifests of ``name``, oldest first."""
+        return [json.loads(p.read_text()) for p in sorted(self._dir(name).glob("*.manifest.json"))]
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.exists() else []
+
+    def load(self, name: str, *, model: str, state_version: int,
+             feature_schema: str) -> Snapshot | None:
+        """The latest snapshot of ``name``; None when there is none.
+
+        Raises
+        ------
+        SnapshotIncompatible
+            The snapshot was written by another model, state layout or feature schema.
+        """
+        manifests = self.manifests(name)
+        if not manifests:
+            return None
+        m = manifests[-1]
+        wanted = {"format": FORMAT, "model": model, "state_version": state_version,
+                  "feature_schema_hash": feature_schema}
+        wrong = {k: (m.get(k), v) for k, v in wanted.items() if m.get(k) != v}
+        if wrong:
+            what = ", ".join(f"{k} is {got!r}, this version needs {need!r}"
+                             for k, (got, need) in wrong.items())
+            raise SnapshotIncompatible(
+                f"model snapshot {self._dir(name) / (str(m['seq']).zfill(8) + '.manifest.json')}: "
+                f"{what}. Delete {self._dir(name)} to retrain from labels, or run riskstream "
+                f"{m.get('libraries', {}).get('riskstream', '?')} which wrote it.")
+        state = orjson.loads(gzip.decompress((self._dir(name) / m["data"]).read_bytes()))
+        return Snapshot(m, state)
