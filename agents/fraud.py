@@ -29,9 +29,11 @@ past it, the oldest pending event is learned as genuine early).
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import deque
+from operator import mul, sub
 from typing import Protocol
 
 from river import anomaly, linear_model, optim, preprocessing
@@ -60,7 +62,7 @@ class _Scorer:
     def __init__(self, *, seed: int = 42, min_labels: int = 50, max_pending: int = 2_000_000,
                  label_ttl_s: float = 30 * 86_400, review_at: float = 0.7,
                  decline_at: float = 0.9, alert_share: float = 0.005,
-                 negative_rate: float = 0.2, learning_rate: float = 0.05,
+                 negative_rate: float = 0.1, learning_rate: float = 0.003,
                  n_reasons: int = 3) -> None:
         if not 0.0 < negative_rate <= 1.0:
             raise ValueError(f"negative_rate: must be in (0, 1], got {negative_rate!r}")
@@ -82,8 +84,16 @@ class _Scorer:
         # HalfSpaceTrees wants features in [0, 1]; window_size is the reference window in events.
         self._detector = anomaly.HalfSpaceTrees(n_trees=5, height=6, window_size=250, seed=seed)
         self._scaler = preprocessing.StandardScaler()
+        # Adam: per-feature step sizes; rare indicators (amount bands, merchant episodes) learn
+        # as fast as dense features.
         self._classifier = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate)
+            optimizer=optim.Adam(learning_rate), intercept_lr=learning_rate)
+        # The classifier folded with the scaler, refreshed after learning:
+        # logit = bias + sum(coef_i * (x_i - mean_i)), coef_i = weight_i / sd_i.
+        self._coef: list[float] = []
+        self._means: list[float] = []
+        self._bias = 0.0
+        self._stale = True
         # event_id -> (event_time, features, label context); expiry in scoring order
         self._pending: dict[str, tuple] = {}
         self._expiry: deque[tuple[int, str]] = deque()
@@ -120,6 +130,10 @@ class _Scorer:
         return self._n_labels
 
     @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
     def n_pending(self) -> int:
         return len(self._pending)
 
@@ -128,10 +142,11 @@ class _Scorer:
         v = self._compute(event)
         return dict(zip(self._names, v))
 
-    def score_one(self, event: dict) -> tuple[float, dict[str, float], list[str]]:
+    def score_one(self, event: dict) -> tuple[float, list[float], list[str]]:
         """Score an event; it waits, with its features, for its label.
 
-        Returns the score, the features and the reason codes.
+        Returns the score, the feature values (in ``feature_names`` order) and the reason
+        codes.
         """
         t = event["event_time"]
         if t > self._watermark:
@@ -143,12 +158,12 @@ class _Scorer:
         rank = self._rank.update(detector.score_one(view))
         detector.learn_one(view)
         v.append(rank)
-        x = dict(zip(self._names, v))
         if self._n_labels >= self.min_labels:
-            xs = self._scaler.transform_one(x)
-            weights = self._classifier._weights  # read-only: the contributions for reasons
-            contrib = {k: weights.get(k, 0.0) * z for k, z in xs.items()}
-            logit = sum(contrib.values()) + self._classifier.intercept
+            if self._stale:
+                self._refresh()
+            # = classifier.predict_proba_one(scaler.transform_one(x)), without building dicts
+            contrib = list(map(mul, self._coef, map(sub, v, self._means)))
+            logit = self._bias + sum(contrib)
             logit = -30.0 if logit < -30.0 else 30.0 if logit > 30.0 else logit
             p = 1.0 / (1.0 + math.exp(-logit))
             r = self.negative_rate
@@ -156,27 +171,49 @@ class _Scorer:
             reasons = self._reasons(contrib)
         else:
             score = calibrated(rank, share=self.alert_share, at=self.decline_at)
-            reasons = self._cold_reasons(x)
+            reasons = self._cold_reasons(dict(zip(self._names, v)))
         event_id = event["event_id"]
         if event_id not in self._pending:
             self._expiry.append((t, event_id))
         self._pending[event_id] = (t, pack(v), self._context(event))
         if len(self._pending) > self.max_pending:
             self._expire(None)
-        return score, x, reasons
+        return score, v, reasons
 
-    def _reasons(self, contrib: dict[str, float]) -> list[str]:
+    def _refresh(self) -> None:
+        """Fold the scaler into the classifier's weights (after the model learned)."""
+        weights = self._classifier.weights
+        means, variances = self._scaler.means, self._scaler.vars
+        coef, mu = [], []
+        for name in self._names:
+            var = variances.get(name, 0.0)
+            coef.append(weights.get(name, 0.0) / math.sqrt(var) if var > 0.0 else 0.0)
+            mu.append(means.get(name, 0.0))
+        self._coef, self._means = coef, mu
+        self._bias = self._classifier.intercept
+        self._stale = False
+        self._codes = [self.reason_of.get(k, k) for k in self._names]
+
+    def _reasons(self, contrib: list[float]) -> list[str]:
+        """Reason codes of the features that pushed the score up most (distinct codes)."""
         out: list[str] = []
-        reason_of = self.reason_of
-        for name, c in sorted(contrib.items(), key=_second, reverse=True):
+        codes = self._codes
+        for c, i in heapq.nlargest(2 * self.n_reasons, zip(contrib, range(len(contrib)))):
             if c <= 0.0:
                 break
-            code = reason_of.get(name, name)
+            code = codes[i]
             if code not in out:
                 out.append(code)
                 if len(out) == self.n_reasons:
                     break
         return out
+
+    def explain(self, event_features: list[float]) -> dict[str, float]:
+        """Each feature's contribution to the logit (0 = an average event): for analysts."""
+        if self._stale:
+            self._refresh()
+        return dict(zip(self._names, map(mul, self._coef, map(sub, event_features,
+                                                                  self._means))))
 
     def score_record(self, event: dict, scored_at_ms: int) -> dict:
         """The output record: the event plus score, decision, reasons, model version."""
@@ -213,6 +250,7 @@ class _Scorer:
         x = dict(zip(self._names, v))
         self._scaler.learn_one(x)
         self._classifier.learn_one(self._scaler.transform_one(x), bool(label))
+        self._stale = True
 
     def _expire(self, before_ms: int | None) -> None:
         """Learn as genuine the pending events older than ``before_ms`` (or the oldest one,
@@ -234,10 +272,6 @@ class _Scorer:
     def stats(self) -> dict[str, int]:
         return {"labels": self._n_labels, "fraud_labels": self._n_fraud,
                 "expired_as_genuine": self._n_expired, "pending": len(self._pending)}
-
-
-def _second(item: tuple) -> float:
-    return item[1]
 
 
 class TransactionScorer(_Scorer):

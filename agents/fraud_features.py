@@ -33,6 +33,14 @@ MERCHANT_TAUS_MS = (DAY_MS, 7 * DAY_MS, 30 * DAY_MS)
 # The card's own amount profile (mean and variance of log amount) and its known fraud.
 PROFILE_TAU_MS = 30 * DAY_MS
 CARD_FRAUD_TAU_MS = 7 * DAY_MS
+# Amount bands (log1p of the amount, major units): cumulative indicators let a linear model
+# learn a step anywhere between ~50 and ~520 (a fixed-limit rule, a merchant category's
+# ceiling) instead of one slope for all amounts.
+AMOUNT_BANDS = (4.0, 4.25, 4.5, 4.75, 5.0, 5.25, 5.5, 5.75, 6.0, 6.25)
+# A merchant's fraud episode: known frauds no more than EPISODE_GAP_MS apart (event time).
+# Its age, in weekly bands, lets the model learn how long episodes last.
+EPISODE_GAP_MS = 7 * DAY_MS
+EPISODE_BANDS_D = (7, 14, 21, 28, 35)
 MAX_SMALL_SET = 8       # usual countries / devices per card
 MAX_RECENT_MERCHANTS = 32
 
@@ -46,11 +54,14 @@ TX_FEATURES: tuple[str, ...] = (
     "amount_log",
     "card_n_10m", "card_n_1h", "card_n_1d", "card_n_7d", "card_n_30d",
     "card_mean_1d", "card_mean_7d", "card_mean_30d",
-    "amount_vs_1d", "amount_vs_7d", "amount_vs_30d", "amount_z",
+    "amount_vs_1d", "amount_vs_7d", "amount_vs_30d", "amount_z", "card_anomaly_7d",
     "gap_log",
     "new_country", "new_device", "merchants_1h",
     "merchant_n_1d", "merchant_n_7d", "merchant_n_30d",
     "merchant_risk_1d", "merchant_risk_7d", "merchant_risk_30d",
+    "merchant_fraud_1d", "merchant_fraud_7d",
+    *(f"merchant_episode_{lo}d" for lo in (0, *EPISODE_BANDS_D)),
+    *(f"amount_band_{b}" for b in AMOUNT_BANDS),
     "card_known_fraud", "card_fraud_recent",
     "declined", "ecom", "night", "weekend",
 )
@@ -64,6 +75,10 @@ TX_REASON_OF: dict[str, str] = {
     "card_mean_30d": "card_spend_level",
     "amount_vs_1d": "amount_unusual_for_card", "amount_vs_7d": "amount_unusual_for_card",
     "amount_vs_30d": "amount_unusual_for_card", "amount_z": "amount_unusual_for_card",
+    "card_anomaly_7d": "card_recent_unusual_amounts",
+    "merchant_fraud_1d": "merchant_fraud_risk", "merchant_fraud_7d": "merchant_fraud_risk",
+    **{f"merchant_episode_{lo}d": "merchant_fraud_episode" for lo in (0, *EPISODE_BANDS_D)},
+    **{f"amount_band_{b}": "high_amount" for b in AMOUNT_BANDS},
     "gap_log": "rapid_repeat",
     "new_country": "new_country", "new_device": "new_device", "merchants_1h": "many_merchants",
     "merchant_n_1d": "merchant_volume", "merchant_n_7d": "merchant_volume",
@@ -80,7 +95,7 @@ class CardState:
     """What one card remembers: decayed windows, its amount profile, bounded small sets."""
 
     __slots__ = ("t", "n", "s", "p_t", "p_w", "p_mean", "p_var", "f_t", "f_n", "last_fraud",
-                 "countries", "devices", "recent")
+                 "a_t", "a_n", "countries", "devices", "recent")
 
     def __init__(self, t: int) -> None:
         self.t = t                      # last update of the spending windows (ms)
@@ -93,6 +108,8 @@ class CardState:
         self.f_t = t                    # known fraud on the card (from labels), decayed
         self.f_n = 0.0
         self.last_fraud = -1            # when the last fraud label of the card became known
+        self.a_t = t                    # unusual amounts lately: decayed sum of (z - 2)+
+        self.a_n = 0.0
         self.countries: set[str] = set()
         self.devices: set[str] = set()
         self.recent: dict[str, int] = {}  # merchant -> last time, for the last hour
@@ -101,7 +118,7 @@ class CardState:
 class MerchantState:
     """What one merchant (terminal) remembers: decayed traffic and known-label windows."""
 
-    __slots__ = ("t", "n", "l_t", "l_n", "l_f")
+    __slots__ = ("t", "n", "l_t", "l_n", "l_f", "ep_start", "ep_last")
 
     def __init__(self, t: int) -> None:
         self.t = t
@@ -109,6 +126,8 @@ class MerchantState:
         self.l_t = t                    # last label update (label-arrival time)
         self.l_n = [0.0] * len(MERCHANT_TAUS_MS)  # labelled transactions, decayed
         self.l_f = [0.0] * len(MERCHANT_TAUS_MS)  # of which fraud, decayed
+        self.ep_start = -1              # event time of the current fraud episode's first fraud
+        self.ep_last = -1               # ... and of its latest known fraud
 
 
 class TransactionFeatures:
@@ -187,6 +206,11 @@ class TransactionFeatures:
             z = -5.0 if z < -5.0 else 10.0 if z > 10.0 else z
         else:
             z = 0.0
+        a_n = card.a_n
+        if a_n > 0.0 and t > card.a_t:
+            a_n *= _exp(-(t - card.a_t) / (7 * DAY_MS))
+        card.a_n = a_n + (z - 2.0 if z > 2.0 else 0.0)
+        card.a_t = t
         gap_s = dt / 1000.0 if not first else 30 * 86_400.0
         gap_log = _log1p(gap_s if gap_s > 0 else 0.0)
 
@@ -219,12 +243,26 @@ class TransactionFeatures:
                 mn[i] *= _exp(-dtm / tau)
             m.t = t
         risk = [0.0, 0.0, 0.0]
+        mf1 = mf7 = 0.0
+        episode = [0.0] * (len(EPISODE_BANDS_D) + 1)
         if m.l_f[2] > 0.0:
             dtl = t - m.l_t
             prior = self.risk_prior
             for i, tau in enumerate(MERCHANT_TAUS_MS):
                 d = _exp(-dtl / tau) if dtl > 0 else 1.0
                 risk[i] = m.l_f[i] * d / (m.l_n[i] * d + prior)
+                if i == 0:
+                    mf1 = _log1p(m.l_f[0] * d)
+                elif i == 1:
+                    mf7 = _log1p(m.l_f[1] * d)
+            if m.ep_last >= 0 and t - m.ep_last < 2 * EPISODE_GAP_MS:
+                age_d = (t - m.ep_start) / DAY_MS
+                k = 0
+                for lo in EPISODE_BANDS_D:
+                    if age_d < lo:
+                        break
+                    k += 1
+                episode[k] = 1.0
 
         channel = event.get("channel")
         hour = (t // HOUR_MS) % 24
@@ -233,11 +271,13 @@ class TransactionFeatures:
             la,
             _log1p(n10m), _log1p(n1h), _log1p(n1d), _log1p(n7d), _log1p(n30d),
             _log1p(mean1d), _log1p(mean7d), _log1p(mean30d),
-            vs1d, vs7d, vs30d, z,
+            vs1d, vs7d, vs30d, z, _log1p(a_n),
             gap_log,
             new_country, new_device, merchants_1h,
             _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
             risk[0], risk[1], risk[2],
+            mf1, mf7, *episode,
+            *(1.0 if la > b else 0.0 for b in AMOUNT_BANDS),
             _log1p(f_n), fraud_recent,
             0.0 if event.get("status", "approved") == "approved" else 1.0,
             1.0 if channel == "ecom" or channel == "moto" else 0.0,
@@ -305,6 +345,11 @@ class TransactionFeatures:
                 m.l_n[i] += 1.0
                 if label:
                     m.l_f[i] += 1.0
+            if label:
+                if m.ep_last < 0 or event_time - m.ep_last > EPISODE_GAP_MS:
+                    m.ep_start = event_time
+                if event_time > m.ep_last:
+                    m.ep_last = event_time
         if label:
             card = self._cards.get(card_id)
             if card is not None:
