@@ -512,21 +512,48 @@ def test_run_simulator_fast_sends_max_events_and_stays_in_the_past():
         now - 100_000)
 
 
-def test_run_simulator_realtime_paces_to_the_rate(capsys):
-    fake = FakeProducer()
-    started = time.monotonic()
-    counts = run_simulator("unused:9092", SimConfig(rate_eps=1_000.0), duration_s=0.6,
-                           realtime=True, progress=True, producer=fake)
-    elapsed = time.monotonic() - started
-    assert 0.55 < elapsed < 2.0
-    assert 300 < counts["total"] < 800  # ~600 at 1,000 events/s, on a busy machine fewer
+class ClockedProducer(FakeProducer):
+    """Records the wall clock of every produce; optionally sets ``stop`` after N messages."""
+
+    def __init__(self, stop_after: int | None = None, stop: threading.Event | None = None):
+        super().__init__()
+        self.wall_ms: list[float] = []
+        self.stop_after, self.stop = stop_after, stop
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        super().produce(topic, value, key)
+        self.wall_ms.append(time.time() * 1000)
+        if self.stop is not None and len(self.sent) == self.stop_after:
+            self.stop.set()
+
+
+def test_run_simulator_realtime_never_runs_ahead_of_event_time(capsys):
+    """Real time: a message goes out no earlier than its event time (later on a busy machine)."""
+    fake = ClockedProducer()
+    run_simulator("unused:9092", SimConfig(rate_eps=1_000.0), duration_s=0.5, realtime=True,
+                  progress=True, producer=fake, start_ms=int(time.time() * 1000))
+    assert len(fake.sent) > 10
+    checked = 0
+    for (topic, _, value), wall in zip(fake.sent, fake.wall_ms):
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue  # a malformed message
+        t = event.get("event_time") if isinstance(event, dict) else None
+        # (a duplicate carries its original's older time; a malformed "future" event is days
+        # ahead on purpose)
+        if topic != LABELS and isinstance(t, int) and abs(t - wall) < 3_600_000:
+            assert wall >= t - 5  # 5 ms: clock granularity
+            checked += 1
+    assert checked > 10
     assert "simulate" in capsys.readouterr().err  # the final progress line
 
 
 def test_run_simulator_stops_on_the_stop_event():
-    fake = FakeProducer()
     stop = threading.Event()
-    threading.Timer(0.3, stop.set).start()
-    counts = run_simulator("unused:9092", SimConfig(rate_eps=100.0), duration_s=None,
+    fake = ClockedProducer(stop_after=20, stop=stop)  # "Ctrl-C" after the 20th message
+    counts = run_simulator("unused:9092", SimConfig(rate_eps=2_000.0), duration_s=None,
                            realtime=True, progress=False, stop=stop, producer=fake)
-    assert 5 < counts["total"] < 100 and fake.flushed == 1
+    # It stops at the next message boundary, flushes once, and reports what it sent.
+    assert counts["total"] == len(fake.sent) and 20 <= len(fake.sent) <= 21
+    assert fake.flushed == 1
