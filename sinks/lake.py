@@ -20,11 +20,23 @@ file that no manifest names was left by a crash between renames, and ``recover``
 crashed after the manifest but before its Kafka commit resumes after the flush instead of
 writing it again.
 
+Compaction and retention (sinks/compaction.py) add two kinds of manifest next to the
+flushes' ones::
+
+    <lake>/_manifests/<table>/compact-<id>.json    # a compacted file and the files it replaces
+    <lake>/_manifests/<table>/retained.json        # offsets and rows of flushes retention removed
+
+Part manifests are never rewritten by compaction (they keep the flushes' offsets and rows, so
+``recover`` and ``row_count`` do not change); a committed compaction manifest is what makes its
+``compact-<id>.parquet`` visible and the files it lists invisible. :func:`visible_files` is the
+file set a reader must read: committed part files not replaced, plus committed compacted files.
+
 Limits: one writer per lake (an advisory lock enforces it: ``recover`` deletes files it cannot
-tell from a concurrent writer's in-flight flush). Readers that glob ``*.parquet`` may see a
-flush's files for the few milliseconds between their rename and the manifest, or until the
-next ``recover`` after a crash there; they never see a ``*.tmp`` file and, once the sink has
-recovered, never a row twice. Files are never compacted: ~1 file per table, hour and flush.
+tell from a concurrent writer's in-flight flush). Readers that use :func:`visible_files` never
+see an uncommitted file or a replaced one (sinks/clickhouse.py does); readers that glob
+``*.parquet`` may see a flush's files for the few milliseconds between their rename and the
+manifest, and both a compacted file and the files it replaces during the compaction's grace
+period (``LakeSettings.compact_delete_after_s``).
 """
 
 from __future__ import annotations
@@ -54,6 +66,10 @@ Ranges = Mapping[int, tuple[int, int]]
 
 MANIFESTS_DIR = "_manifests"
 MANIFEST_VERSION = 1
+PART_PREFIX = "part-"
+COMPACT_PREFIX = "compact-"
+# Per table: next offsets and rows of the flushes whose manifests retention deleted.
+RETAINED_MANIFEST = "retained.json"
 # Tables also written as JSON lines, for people who read them with grep and jq.
 JSONL_TOPICS = frozenset({DEAD_LETTER, ALERTS})
 _HOUR_MS = 3_600_000
@@ -224,9 +240,8 @@ class LakeWriter:
         self.root = Path(root)
         self.compression = compression
         self._lock_fd: int | None = None
-        # row_count's cache: manifests already counted, per table.
-        self._counted: dict[str, set[str]] = defaultdict(set)
-        self._rows: dict[str, int] = defaultdict(int)
+        # row_count's cache: rows of each manifest already read, per table.
+        self._counted: dict[str, dict[str, int]] = defaultdict(dict)
 
     # -- the lock -------------------------------------------------------------------------
 
@@ -282,9 +297,13 @@ class LakeWriter:
         mdir = self.manifest_dir(self._table(topic))
         if not mdir.is_dir():
             return
-        for path in mdir.glob("part-*.json"):
+        for path in mdir.glob(f"{PART_PREFIX}*.json"):
             try:
                 yield orjson.loads(path.read_bytes())
+            except FileNotFoundError:
+                # Retired by retention since the listing: its offsets are in retained.json,
+                # which the callers read after the part manifests.
+                continue
             except (OSError, orjson.JSONDecodeError) as exc:
                 # Manifests are renamed into place whole: a broken one is damage, not a crash.
                 raise LakeError(f"unreadable manifest {path}: {exc}. Restore it from a backup, "
@@ -302,6 +321,12 @@ class LakeWriter:
         that no manifest commits (their rows are still in Kafka, uncommitted, and are written
         again). Call it before the first ``write`` of a topic, and whenever its partitions are
         assigned, and seek each partition to ``max(committed offset, recovered offset)``.
+
+        Compactions change nothing here: part manifests stay when their files are compacted,
+        compacted files (``compact-*``) are never deleted by ``recover``, nor are a compaction's
+        ``*.tmp`` files (a compaction in another thread of the sink may be writing them). The
+        offsets of flushes that retention removed come from ``retained.json``, read *after* the
+        part manifests: retention writes it before it deletes them, so nothing is missed.
         """
         self._lock()
         table = self._table(topic)
@@ -316,17 +341,26 @@ class LakeWriter:
             for partition, (_first, last) in manifest["ranges"].items():
                 p = int(partition)
                 next_offset[p] = max(next_offset.get(p, 0), last + 1)
+        retained = read_retained(self.root, table)
+        for incarnation, offsets in (retained or {}).get("offsets", {}).items():
+            if topic_id and incarnation not in ("", topic_id):
+                continue
+            for partition, offset in offsets.items():
+                p = int(partition)
+                next_offset[p] = max(next_offset.get(p, 0), offset)
         if other_incarnations:
             log.info("lake: %s holds %d flushes of an earlier topic %s (not id %s): kept, and "
                      "its offsets ignored", table, other_incarnations, topic, topic_id)
-        for tmp in self.manifest_dir(table).glob("*.tmp"):
+        for tmp in self.manifest_dir(table).glob(f"{PART_PREFIX}*.tmp"):
             tmp.unlink(missing_ok=True)
         table_dir = self.root / table
         if table_dir.is_dir():
             for path in table_dir.glob("date=*/hour=*/*"):
+                if not path.name.startswith(PART_PREFIX):
+                    continue  # compact-*: the compaction's, committed or cleaned up by it
                 if path.name.endswith(".tmp"):
                     path.unlink(missing_ok=True)
-                elif path.name.startswith("part-") and path.name.split(".")[0] not in committed:
+                elif path.name.split(".")[0] not in committed:
                     log.warning("lake: deleting %s, written by a flush that never committed "
                                 "(its rows are read again from Kafka)", path)
                     path.unlink(missing_ok=True)
@@ -406,8 +440,7 @@ class LakeWriter:
             if isinstance(exc, OSError):
                 raise LakeError(f"cannot write {table} to the lake at {self.root}: {exc}") from exc
             raise
-        self._counted[table].add(name)
-        self._rows[table] += len(records)
+        self._counted[table][name] = len(records)
         return written
 
     def _split_by_hour(self, topic: str, table: str, records: list[dict]) -> dict[str, list[int]]:
@@ -437,23 +470,110 @@ class LakeWriter:
     def row_count(self) -> dict[str, int]:
         """Return the committed rows per table, from the manifests.
 
-        Cheap enough for status lines: each manifest is read once per writer, later calls
-        only list the manifest directories. Tables with no flush yet count 0.
+        Rows of every flush ever committed: compaction does not change it, nor does retention
+        (the rows of the flushes it retires are kept in ``retained.json``). Cheap enough for
+        status lines: each manifest is read once per writer, later calls only list the
+        manifest directories. Tables with no flush yet count 0. While a retention run retires
+        manifests the count may be low for that moment, never high.
         """
+        counts: dict[str, int] = {}
         for table in TABLE_OF_TOPIC.values():
             mdir = self.manifest_dir(table)
             if not mdir.is_dir():
+                counts[table] = 0
                 continue
-            seen = self._counted[table]
+            # retained.json before the listing: a manifest retired after this read is still
+            # listed (counted once), one retired before is in the retained rows, or listed in
+            # "retiring" while its run has not finished (excluded here, counted there).
+            retained = read_retained(self.root, table) or {}
+            retiring = set(retained.get("retiring", ()))
+            cache = self._counted[table]
+            listed: set[str] = set()
             for entry in os.scandir(mdir):
-                if not (entry.name.startswith("part-") and entry.name.endswith(".json")):
+                if not (entry.name.startswith(PART_PREFIX) and entry.name.endswith(".json")):
                     continue
                 name = entry.name[:-len(".json")]
-                if name in seen:
+                if name not in cache:
+                    try:
+                        cache[name] = orjson.loads(Path(entry.path).read_bytes())["rows"]
+                    except FileNotFoundError:
+                        continue  # retired since the listing
+                    except (OSError, orjson.JSONDecodeError, KeyError) as exc:
+                        raise LakeError(f"unreadable manifest {entry.path}: {exc}") from exc
+                listed.add(name)
+            for name in cache.keys() - listed:
+                del cache[name]
+            counts[table] = retained.get("rows", 0) + sum(
+                rows for name, rows in cache.items() if name not in retiring)
+        return counts
+
+
+def read_retained(root: Path, table: str) -> dict | None:
+    """Return ``retained.json`` of ``table`` (what retention removed), or None if there is none.
+
+    ``{"offsets": {topic_id or "": {partition: next offset}}, "rows": int, "retiring": [names
+    of part manifests a retention run is deleting]}``.
+    """
+    path = Path(root) / MANIFESTS_DIR / table / RETAINED_MANIFEST
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise LakeError(f"unreadable manifest {path}: {exc}. Restore it from a backup: it holds "
+                        "the offsets the sink resumes from for data retention deleted") from exc
+
+
+def visible_files(root: Path, table: str, suffix: str = ".parquet") -> list[str]:
+    """Return the data files of ``table`` a reader must read, as paths relative to the table.
+
+    Committed part files (their manifest exists) that no committed compaction replaces, and
+    committed compacted files that no later compaction replaces: every committed row once.
+    Uncommitted files (a flush or compaction in flight, or left by a crash) and ``*.tmp`` are
+    left out. Costs a directory listing per hour and a ``stat`` per part file; compaction
+    manifests are read only for hours holding a compacted file and other files.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> visible_files(Path(tempfile.mkdtemp()), "alerts")
+    []
+    """
+    table_dir = Path(root) / table
+    mdir = Path(root) / MANIFESTS_DIR / table
+    found: list[str] = []
+    if not table_dir.is_dir():
+        return found
+    for date in sorted(os.scandir(table_dir), key=lambda e: e.name):
+        if not (date.name.startswith("date=") and date.is_dir()):
+            continue
+        for hour in sorted(os.scandir(date.path), key=lambda e: e.name):
+            if not (hour.name.startswith("hour=") and hour.is_dir()):
+                continue
+            prefix = f"{date.name}/{hour.name}/"
+            parts, compacts = [], []
+            for entry in os.scandir(hour.path):
+                if not entry.name.endswith(suffix):
                     continue
-                try:
-                    self._rows[table] += orjson.loads(Path(entry.path).read_bytes())["rows"]
-                except (OSError, orjson.JSONDecodeError, KeyError) as exc:
-                    raise LakeError(f"unreadable manifest {entry.path}: {exc}") from exc
-                seen.add(name)
-        return {table: self._rows.get(table, 0) for table in TABLE_OF_TOPIC.values()}
+                stem = entry.name[:-len(suffix)]
+                if not (mdir / f"{stem}.json").exists():
+                    continue  # not committed (yet, or ever)
+                if entry.name.startswith(PART_PREFIX):
+                    parts.append(entry.name)
+                elif entry.name.startswith(COMPACT_PREFIX):
+                    compacts.append(entry.name)
+            replaced: set[str] = set()
+            if compacts and (parts or len(compacts) > 1):
+                for name in compacts:
+                    manifest = _read_manifest(mdir / f"{name[:-len(suffix)]}.json")
+                    replaced.update(p.rsplit("/", 1)[-1] for p in manifest["replaces"])
+            found.extend(prefix + name for name in sorted(compacts + parts)
+                         if name not in replaced)
+    return found
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise LakeError(f"unreadable manifest {path}: {exc}. Restore it from a backup") from exc
