@@ -2,27 +2,27 @@
 
 How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sample):
 
-1. **Two forecasts, the better one wins.** A robust level (an exponentially weighted mean
-   updated with *clipped* residuals, so an outlier moves it by at most a few noise units) and,
-   once a day of data has been seen, a seasonal profile (per time-of-day bin, the same clipped
-   update across days). Each keeps the EW mean absolute error of its own forecasts; the
-   forecast with the smaller recent error is the expected value. Daily patterns (and square
-   waves) are then predicted rather than flagged, and a series without seasonality falls back
-   to its level.
-2. **Multi-scale residuals.** The residual in units of that error is the *point* surprise
-   (spikes); its short exponentially weighted mean is the *shift* surprise (level shifts and
-   drift: many moderately high residuals of one sign).
-3. **Calibrated by the series' own history.** Peaks over a threshold (extreme-value theory):
-   the rate of surprises beyond ``TAIL_FROM`` error units and their mean excess, learned per
-   series, give the tail probability ``p`` of the current surprise under an exponential tail;
-   ``D = -log10(p)`` ("decades of rarity") maps to ``score = D / (D + c)`` with ``c`` such that
-   ``ALARM_DECADES`` scores ``anomaly_threshold``. One threshold means the same rarity on every
-   series, and the map never saturates (no ties at the top of the ranking).
-4. **One alarm per episode.** After a score reaches ``anomaly_threshold``, later samples of the
-   same episode are reported just under the threshold unless they are more surprising than the
-   episode's peak; the episode ends after ``quiet_samples`` calm samples. A level shift that
-   persists is absorbed: after ``rebase_after`` samples off to one side, the level is reset to
-   the new one, so an incident does not alarm forever, and does not become the normal at once.
+1. **Forecasts.** A robust level (an exponentially weighted mean updated with *clipped*
+   residuals, so an outlier moves it by at most a few noise units) and, once a day of data has
+   been seen, a seasonal profile (per time-of-day bin, the same clipped update across days).
+   Each keeps the EW mean absolute error (MAE) of its forecasts. The seasonal forecast is used
+   only where its long-run error is clearly (20 %) below the level's (daily patterns and square
+   waves are then predicted rather than flagged).
+2. **Raw surprise.** Each forecast's residual in MAE units, capped at ``RAW_CAP`` and scaled to
+   [0, 1].
+3. **Anomaly likelihood** (Numenta's, as in HTM's NAB detector): the mean of the last
+   ``short_window`` raw surprises is compared with the distribution (EW mean and variance over
+   ~``long_window`` samples) of that same mean in the series' history; the Gaussian tail
+   probability ``p`` of the current mean gives ``score = log(p + 1e-10) / log(1e-10)`` (0.5
+   at p = 1e-5, 0.9 at p = 1e-9). A series is judged against its *own* normal variability of
+   surprise: noisy series need a longer or larger excursion than quiet ones. With the seasonal
+   profile in use, the likelihood of its surprise is the score.
+4. **Out of range.** A value beyond everything the series has shown (its min/max, widened by
+   ``range_tolerance`` of the range and by one MAE) scores 1.
+5. **One alarm per anomaly.** After a score reaches ``anomaly_threshold``, the series' scores
+   are held at 0 for ``suppress_samples`` samples (the follow-ups of one incident are not new
+   alarms); the baselines keep learning meanwhile. A level shift that persists is absorbed:
+   after ``rebase_after`` samples off to one side, the level is reset to the new one.
 
 Reasons: ``spike`` (the point residual dominates), ``out_of_range`` (the short mean dominates
 and the value lies half the series' historical span beyond its historical range),
@@ -42,38 +42,35 @@ from array import array
 from agents.features import BoundedDict
 
 DAY_MS = 86_400_000
-# Calibration by peaks over a threshold (extreme-value theory, an exponential tail): surprises
-# beyond TAIL_FROM error units are the tail; P(surprise > u) = rate * exp(-(u - TAIL_FROM) /
-# mean_excess), with the rate and the mean excess learned per series. 3 units of mean absolute
-# error is ~2.4 sd of Gaussian noise (1.6 % of samples): far enough out to be a tail, common
-# enough to be learned in a day. The priors are those of Gaussian noise.
-TAIL_FROM = 3.0
-PRIOR_TAIL_RATE = 0.016
-PRIOR_TAIL_MEAN = 0.5
+# Residuals are capped at 10 MAE in the raw surprise: beyond that, "very surprising" is all the
+# likelihood needs to know, and one wild value does not dominate the history's variance.
+RAW_CAP = 10.0
+# The likelihood's distribution of mean surprise: its standard deviation is floored (as in
+# Numenta's estimator) so that a perfectly predictable stretch does not make any blip rare.
+MIN_STD = 0.03
 # The seasonal forecast must beat the level's error by 20 % to take over (hysteresis).
 SWITCH_GAIN = 0.8
-# One excess counts at most 10 mean excesses in the tail's estimate.
-EXCESS_CAP = 10.0
-# Rarity (-log10 of the tail probability) that scores ``anomaly_threshold``: 1e-7 is about one
-# false alarm per series per 3 years at one sample a minute.
-ALARM_DECADES = 7.0
-# Samples rarer than 1 in 100 are not calm: they keep an anomaly episode open.
-CALM_DECADES = 2.0
-DAY_MS = 86_400_000
-_LOG10 = math.log(10.0)
-STATE_VERSION = 1
+# Memory of the forecasts' long-run errors that choose between them (~500 samples).
+SELECT_ALPHA = 0.002
+# log(p + 1e-10) / log(1e-10): the likelihood's log scale (Numenta's).
+_TINY = 1e-10
+_LOG_TINY = math.log(_TINY)
+_SQRT2 = math.sqrt(2.0)
+STATE_VERSION = 2
 
 
 class _Series:
     """The detector state of one series; plain floats so that it serialises to JSON."""
 
     __slots__ = (
-        "n", "t_first", "t_last", "dt_ew", "level", "mae", "season", "s_mae", "s_n", "seasonal", "s_sel", "l_sel", "bin_ms",
-        "zs", "tail_rate", "tail_sum", "episode_peak", "calm", "side_run", "last_value",
-        "repeats", "longest_run", "vmin", "vmax", "silent_reported", "jump",
+        "n", "t_first", "t_last", "dt_ew", "level", "mae", "season", "s_mae", "s_n", "seasonal",
+        "s_sel", "l_sel", "bin_ms", "zs", "side_run", "last_value", "repeats", "longest_run",
+        "vmin", "vmax", "silent_reported", "jump", "hold",
+        "l_buf", "l_sum", "l_mean", "l_var", "s_buf", "s_sum", "s_mean", "s_var", "s_seen",
     )
+    _ARRAYS = ("season", "l_buf", "s_buf")
 
-    def __init__(self) -> None:
+    def __init__(self, short_window: int = 10) -> None:
         self.n = 0
         self.t_first = 0
         self.t_last = 0
@@ -88,10 +85,6 @@ class _Series:
         self.l_sel = 0.0
         self.bin_ms = 0
         self.zs = 0.0
-        self.tail_rate = PRIOR_TAIL_RATE
-        self.tail_sum = PRIOR_TAIL_RATE * PRIOR_TAIL_MEAN
-        self.episode_peak = 0.0
-        self.calm = 0
         self.side_run = 0
         self.last_value = 0.0
         self.repeats = 0
@@ -100,23 +93,47 @@ class _Series:
         self.vmax = 0.0
         self.silent_reported = False
         self.jump = 0.0
+        self.hold = 0
+        # the likelihood of each forecast's surprise: the last short_window raw surprises
+        # (a ring, indexed by the sample count) and the EW mean / variance of their mean
+        self.l_buf: array | None = array("d", [0.0]) * short_window
+        self.l_sum = 0.0
+        self.l_mean = 0.0
+        self.l_var = 0.0
+        self.s_buf: array | None = array("d", [0.0]) * short_window
+        self.s_sum = 0.0
+        self.s_mean = 0.0
+        self.s_var = 0.0
+        self.s_seen = 0
 
     def to_state(self) -> dict:
-        state = {k: getattr(self, k) for k in self.__slots__ if k != "season"}
-        state["season"] = (None if self.season is None
-                           else [None if v != v else v for v in self.season])
+        state = {k: getattr(self, k) for k in self.__slots__ if k not in self._ARRAYS}
+        for k in self._ARRAYS:
+            a = getattr(self, k)
+            state[k] = None if a is None else [None if v != v else v for v in a]
         return state
 
     @classmethod
     def from_state(cls, state: dict) -> _Series:
         s = cls()
         for k in cls.__slots__:
-            if k != "season":
+            if k not in cls._ARRAYS:
                 setattr(s, k, state[k])
-        season = state["season"]
-        s.season = None if season is None else array(
-            "d", [math.nan if v is None else v for v in season])
+        for k in cls._ARRAYS:
+            a = state[k]
+            setattr(s, k, None if a is None else array(
+                "d", [math.nan if v is None else v for v in a]))
         return s
+
+
+def _log_likelihood(z: float) -> float:
+    """Score in [0, 1] of a standardised mean surprise ``z``: the log of its Gaussian tail
+    (0 when the surprise is no higher than usual)."""
+    if z <= 0.0:
+        return 0.0
+    p = 0.5 * math.erfc(z / _SQRT2)
+    score = math.log(p + _TINY) / _LOG_TINY
+    return 0.0 if score < 0.0 else (1.0 if score > 1.0 else score)
 
 
 class MetricScorer:
@@ -125,7 +142,8 @@ class MetricScorer:
     Parameters
     ----------
     anomaly_threshold
-        Scores at or above it are alarms; the episode logic keeps follow-up samples under it.
+        Scores at or above it are alarms; after one, the series is held quiet for
+        ``suppress_samples`` samples.
     warmup
         Samples of a new series scored 0 while its baseline forms (no alarm storm).
     level_alpha
@@ -135,18 +153,22 @@ class MetricScorer:
         Weight of a new day in a time-of-day bin: 0.5 halves the influence of any one day, so a
         one-day incident leaves only a clipped trace on the next day's forecast.
     error_alpha
-        Memory of the forecast errors (0.02: ~50 samples), which pick the forecast and scale
-        the residuals.
+        Memory of the forecast errors (0.02: ~50 samples) that scale the residuals.
     shift_alpha
-        The short mean of residuals that reveals level shifts: 0.25, a ~7-sample span.
-    calib_alpha
-        Memory of the log-surprise distribution: 0.002, ~500 samples (about two days at 5 min),
-        long enough to hold a few rare events, short enough to adapt to a changed regime.
+        The short mean of residuals that reveals level shifts (for ``rebase_after`` and the
+        reasons): 0.25, a ~7-sample span.
+    short_window, long_window
+        The anomaly likelihood: the mean of the last ``short_window`` raw surprises against
+        the distribution of that mean over ~``long_window`` samples (Numenta: 10 and a few
+        thousand).
+    range_tolerance
+        A value beyond the series' historical range by more than this fraction of the range
+        (plus one MAE) scores 1.
+    suppress_samples
+        Samples held at score 0 after an alarm (one incident, one alarm).
     clip
         Residuals are clipped at ``clip`` error units when they update the baselines: 3 is the
         usual Huber/winsorising choice (clean Gaussian noise is barely touched).
-    quiet_samples
-        Calm samples (standardised surprise below 2) that end an anomaly episode.
     rebase_after
         Consecutive samples with the short mean beyond ``clip`` on one side after which the
         level is reset: a shift confirmed that long is the new normal.
@@ -159,23 +181,27 @@ class MetricScorer:
         and :meth:`silent_series` drops series silent for longer than ``evict_after_ms``.
     """
 
-    model_version = "metric-robust-seasonal-v1"
+    model_version = "metric-likelihood-v2"
 
-    def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 200,
+    def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 300,
                  level_alpha: float = 0.05, season_alpha: float = 0.5,
                  error_alpha: float = 0.02, shift_alpha: float = 0.25,
-                 calib_alpha: float = 0.002, clip: float = 3.0, quiet_samples: int = 12,
-                 rebase_after: int = 12, stuck_after: int = 30, silence_factor: float = 5.0,
-                 max_series: int = 50_000, evict_after_ms: int = 7 * DAY_MS) -> None:
+                 short_window: int = 10, long_window: int = 2000,
+                 range_tolerance: float = 0.02, suppress_samples: int = 200,
+                 clip: float = 3.0, rebase_after: int = 12, stuck_after: int = 30,
+                 silence_factor: float = 5.0, max_series: int = 50_000,
+                 evict_after_ms: int = 7 * DAY_MS) -> None:
         self.anomaly_threshold = anomaly_threshold
         self.warmup = warmup
         self.level_alpha = level_alpha
         self.season_alpha = season_alpha
         self.error_alpha = error_alpha
         self.shift_alpha = shift_alpha
-        self.calib_alpha = calib_alpha
+        self.short_window = short_window
+        self.long_window = long_window
+        self.range_tolerance = range_tolerance
+        self.suppress_samples = suppress_samples
         self.clip = clip
-        self.quiet_samples = quiet_samples
         self.rebase_after = rebase_after
         self.stuck_after = stuck_after
         self.silence_factor = silence_factor
@@ -183,10 +209,9 @@ class MetricScorer:
         self.evict_after_ms = evict_after_ms
         self._series: BoundedDict[str, _Series] = BoundedDict(max_series)
         # The short mean of i.i.d. residuals has a smaller spread than one residual: this
-        # factor puts both surprises on one scale (sd of an EW mean = sqrt(a / (2 - a))).
+        # factor puts both on one scale (sd of an EW mean = sqrt(a / (2 - a))), for reasons.
         self._shift_gain = math.sqrt((2.0 - shift_alpha) / shift_alpha)
-        # score = decades / (decades + half): ALARM_DECADES of rarity score anomaly_threshold
-        self._decades_half = ALARM_DECADES * (1.0 - anomaly_threshold) / anomaly_threshold
+        self._long_alpha = 1.0 / long_window
 
     # ------------------------------------------------------------------ the hot path
     def score_record(self, event: dict, scored_at_ms: int) -> dict:
@@ -195,7 +220,7 @@ class MetricScorer:
         series = self._series
         s = series.get(key)
         if s is None:
-            s = _Series()
+            s = _Series(self.short_window)
         score, expected, lower, upper, reason = self._step(s, int(event["event_time"]),
                                                            float(event["value"]))
         series[key] = s
@@ -216,12 +241,31 @@ class MetricScorer:
         s.t_last = max(t, s.t_last)
         s.silent_reported = False
         clip = self.clip
-        # ---- forecasts
+        k = self.short_window
+        la = self._long_alpha
+        # ---- the level forecast and the likelihood of its surprise
         level = s.level
         scale_floor = 1e-9 + 1e-6 * abs(level)
         mae = s.mae if s.mae > scale_floor else scale_floor
         expected, scale = level, mae
         e_level = x - level
+        z = e_level / mae
+        u = abs(z)
+        raw = (u if u < RAW_CAP else RAW_CAP) / RAW_CAP
+        slot = n % k
+        buf = s.l_buf
+        s.l_sum += raw - buf[slot]
+        buf[slot] = raw
+        short = s.l_sum / k
+        std = math.sqrt(s.l_var)
+        zl = (short - s.l_mean) / (std if std > MIN_STD else MIN_STD)
+        d = short - s.l_mean
+        if n == 1:
+            s.l_mean = short
+        else:
+            s.l_mean += la * d
+            s.l_var = (1.0 - la) * (s.l_var + la * d * d)
+        # ---- the seasonal forecast and its likelihood
         season = s.season
         e_season = None
         if season is None and n >= 16 and s.dt_ew > 0.0:
@@ -235,58 +279,51 @@ class MetricScorer:
             sv = season[b]
             if sv == sv:  # filled
                 e_season = x - sv
+                smae = s.s_mae if s.s_mae > scale_floor else scale_floor
+                us_ = abs(e_season) / smae
+                rs = (us_ if us_ < RAW_CAP else RAW_CAP) / RAW_CAP
+                sbuf = s.s_buf
+                slot = s.s_seen % k
+                s.s_sum += rs - sbuf[slot]
+                sbuf[slot] = rs
+                sshort = s.s_sum / k
+                sstd = math.sqrt(s.s_var)
+                zsea = (sshort - s.s_mean) / (sstd if sstd > MIN_STD else MIN_STD)
+                d = sshort - s.s_mean
+                if s.s_seen == 0:
+                    s.s_mean = sshort
+                else:
+                    s.s_mean += la * d
+                    s.s_var = (1.0 - la) * (s.s_var + la * d * d)
+                s.s_seen += 1
                 # hysteresis: the seasonal forecast takes over when clearly better (20 % less
                 # error), and hands back only when worse, so noisy series do not flap
                 if s.s_n * self.error_alpha >= 1.0:
-                    use = s.s_sel < (s.l_sel if s.seasonal else SWITCH_GAIN * s.l_sel)
-                    if use != s.seasonal:
-                        # a new forecast: the tail learned on the other one's surprises is moot
-                        s.seasonal = use
-                        s.tail_rate = PRIOR_TAIL_RATE
-                        s.tail_sum = PRIOR_TAIL_RATE * PRIOR_TAIL_MEAN
+                    s.seasonal = s.s_sel < (s.l_sel if s.seasonal else SWITCH_GAIN * s.l_sel)
                 if s.seasonal:
-                    expected = sv
-                    smae = s.s_mae
-                    scale = smae if smae > scale_floor else scale_floor
-        z = (x - expected) / scale
-        # ---- multi-scale surprise
-        zc = z if -clip <= z <= clip else (clip if z > 0 else -clip)
-        zs = s.zs + self.shift_alpha * (z - s.zs)
-        s.zs = zs
-        u = abs(z)
-        us = abs(zs) * self._shift_gain
-        surprise = u if u >= us else us
-        # ---- calibration: the tail of the series' own surprises (peaks over a threshold)
-        rate = s.tail_rate
-        if rate < self.calib_alpha:
-            # fewer than ~1 excess in the memory: fall back on the Gaussian prior's mean excess
-            beta = PRIOR_TAIL_MEAN
-            rate = self.calib_alpha
-        else:
-            beta = s.tail_sum / rate
-        if surprise > TAIL_FROM:
-            decades = -math.log10(rate) + (surprise - TAIL_FROM) / (beta * _LOG10)
-        else:
-            decades = -math.log10(rate) * surprise / TAIL_FROM
-        raw = decades / (decades + self._decades_half)
-        # ---- episode: one alarm, then follow-ups held under the threshold
+                    expected, scale = sv, smae
+                    z = e_season / smae
+                    u = abs(z)
+                    zl = zsea
+        # ---- score: the likelihood, out of range, warm-up, suppression
         thr = self.anomaly_threshold
-        score = raw
+        score = _log_likelihood(zl)
+        span = s.vmax - s.vmin
+        tol = self.range_tolerance * span + mae
+        lower, upper = s.vmin - tol, s.vmax + tol
+        if x > upper or x < lower:
+            score = 1.0
         if n < self.warmup:
             score = 0.0
-        elif s.episode_peak > 0.0:
-            if raw > s.episode_peak:
-                s.episode_peak = raw
-            else:
-                score = raw if raw < thr else thr * 0.999
-        elif raw >= thr:
-            s.episode_peak = raw
-        if decades < CALM_DECADES:
-            s.calm += 1
-            if s.calm >= self.quiet_samples:
-                s.episode_peak = 0.0
-        else:
-            s.calm = 0
+        elif s.hold > 0:
+            s.hold -= 1
+            score = 0.0
+        elif score >= thr:
+            s.hold = self.suppress_samples
+        # ---- the shift surprise (rebase and reasons)
+        zs = s.zs + self.shift_alpha * (z - s.zs)
+        s.zs = zs
+        us = abs(zs) * self._shift_gain
         # ---- reason
         reason = None
         repeated = x == s.last_value
@@ -304,7 +341,6 @@ class MetricScorer:
         if n >= self.warmup and s.repeats == need:
             score, reason = max(score, thr), "stuck"
         elif score >= thr:
-            span = s.vmax - s.vmin
             if u >= us:
                 reason = "spike"
             elif x > s.vmax + 0.5 * span or x < s.vmin - 0.5 * span:
@@ -345,9 +381,9 @@ class MetricScorer:
                 aes = abs(e_season)
                 s.s_n += 1
                 # selection errors: unclipped (a forecast's failures are the point) and long
-                # (~1 / calib_alpha samples, so twice-a-day failures are remembered)
-                s.s_sel += self.calib_alpha * (aes - s.s_sel) if s.s_n > 1 else aes
-                s.l_sel += self.calib_alpha * (ael - s.l_sel)
+                # (~1 / SELECT_ALPHA samples, so twice-a-day failures are remembered)
+                s.s_sel += SELECT_ALPHA * (aes - s.s_sel) if s.s_n > 1 else aes
+                s.l_sel += SELECT_ALPHA * (ael - s.l_sel)
                 if s.s_n * ea < 1.0:
                     s.s_mae += (aes - s.s_mae) / s.s_n
                 else:
@@ -355,21 +391,7 @@ class MetricScorer:
                 es = e_season if -clip * smae <= e_season <= clip * smae else (
                     clip * smae if e_season > 0 else -clip * smae)
                 season[b] = season[b] + self.season_alpha * es
-        # The tail is a windowed estimate (~1 / calib_alpha samples): the rate of excesses and
-        # their mean, as two exponentially weighted sums over every sample, so old excesses fade
-        # once they stop. One excess counts at most EXCESS_CAP mean excesses: a recurring spike
-        # is learned within a few occurrences, one incident does not blind the detector.
-        ca = self.calib_alpha
-        if n * ea >= 1.0:  # before there is an error scale, surprises mean nothing
-            keep = 1.0 - ca
-            if surprise > TAIL_FROM:
-                excess = surprise - TAIL_FROM
-                cap = EXCESS_CAP * beta
-                s.tail_rate = keep * s.tail_rate + ca
-                s.tail_sum = keep * s.tail_sum + ca * (excess if excess < cap else cap)
-            else:
-                s.tail_rate *= keep
-                s.tail_sum *= keep
+        zc = z if -clip <= z <= clip else (clip if z > 0 else -clip)
         s.jump = zc if u >= clip else s.jump * 0.8
         s.last_value = x
         if x < s.vmin:
@@ -377,9 +399,8 @@ class MetricScorer:
         elif x > s.vmax:
             s.vmax = x
         s.n = n + 1
-        # band: where the point surprise alone would reach the alarm threshold
-        half = scale * (TAIL_FROM + beta * _LOG10 * (ALARM_DECADES + math.log10(rate)))
-        return score, expected, expected - half, expected + half, reason
+        # band: beyond it, a value is out of range and alarms on its own
+        return score, expected, lower, upper, reason
 
     # ------------------------------------------------------------------ silence
     def silent_series(self, now_event_ms: int) -> list[dict]:

@@ -143,3 +143,15 @@ def test_state_round_trip_resumes_with_identical_scores():
     got = [r["score"] for r in run(resumed, values[600:], start=600)]
     assert got == expected[600:]
     assert max(expected[600:]) >= 0.9                              # the resumed part alarms too
+
+
+def test_one_alarm_per_incident_then_the_series_is_held_quiet():
+    scorer = MetricScorer(suppress_samples=50)
+    run(scorer, noise(500))
+    first = scorer.score_record(sample(500, 90.0), T0)
+    assert first["score"] >= 0.9
+    held = run(scorer, [90.0, 95.0] * 10 + noise(30, seed=11), start=501)
+    assert all(r["score"] == 0.0 for r in held)                    # held for 50 samples
+    again = scorer.score_record(sample(551, 140.0), T0)             # a new incident after it
+    assert again["score"] >= 0.9
+
