@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_left
 
 from agents.features import BoundedDict
 
@@ -41,6 +42,12 @@ AMOUNT_BANDS = (4.0, 4.25, 4.5, 4.75, 5.0, 5.25, 5.5, 5.75, 6.0, 6.25)
 # Its age, in weekly bands, lets the model learn how long episodes last.
 EPISODE_GAP_MS = 7 * DAY_MS
 EPISODE_BANDS_D = (7, 14, 21, 28, 35)
+# The indicator vectors, precomputed: _AMOUNT_ONES[k] has the first k bands set.
+_AMOUNT_ONES = tuple(tuple(1.0 if i < k else 0.0 for i in range(len(AMOUNT_BANDS)))
+                     for k in range(len(AMOUNT_BANDS) + 1))
+_EPISODE_ONES = tuple(tuple(1.0 if i == k else 0.0 for i in range(len(EPISODE_BANDS_D) + 1))
+                      for k in range(len(EPISODE_BANDS_D) + 1))
+_NO_EPISODE = (0.0,) * (len(EPISODE_BANDS_D) + 1)
 MAX_SMALL_SET = 8       # usual countries / devices per card
 MAX_RECENT_MERCHANTS = 32
 
@@ -185,11 +192,22 @@ class TransactionFeatures:
         dt = t - card.t
         first = card.n[4] == 0.0
         n, s = card.n, card.s
-        if dt > 0:
-            for i, tau in enumerate(CARD_TAUS_MS):
-                d = _exp(-dt / tau)
-                n[i] *= d
-                s[i] *= d
+        if dt > 0:  # unrolled: this is the hot path
+            d = _exp(-dt / CARD_TAUS_MS[0])
+            n[0] *= d
+            s[0] *= d
+            d = _exp(-dt / CARD_TAUS_MS[1])
+            n[1] *= d
+            s[1] *= d
+            d = _exp(-dt / CARD_TAUS_MS[2])
+            n[2] *= d
+            s[2] *= d
+            d = _exp(-dt / CARD_TAUS_MS[3])
+            n[3] *= d
+            s[3] *= d
+            d = _exp(-dt / CARD_TAUS_MS[4])
+            n[4] *= d
+            s[4] *= d
             card.t = t
         n10m, n1h, n1d, n7d, n30d = n
         mean1d = s[2] / n1d if n1d > 1e-9 else 0.0
@@ -239,12 +257,13 @@ class TransactionFeatures:
         mn = m.n
         dtm = t - m.t
         if dtm > 0:
-            for i, tau in enumerate(MERCHANT_TAUS_MS):
-                mn[i] *= _exp(-dtm / tau)
+            mn[0] *= _exp(-dtm / MERCHANT_TAUS_MS[0])
+            mn[1] *= _exp(-dtm / MERCHANT_TAUS_MS[1])
+            mn[2] *= _exp(-dtm / MERCHANT_TAUS_MS[2])
             m.t = t
         risk = [0.0, 0.0, 0.0]
         mf1 = mf7 = 0.0
-        episode = [0.0] * (len(EPISODE_BANDS_D) + 1)
+        episode = _NO_EPISODE
         if m.l_f[2] > 0.0:
             dtl = t - m.l_t
             prior = self.risk_prior
@@ -257,12 +276,7 @@ class TransactionFeatures:
                     mf7 = _log1p(m.l_f[1] * d)
             if m.ep_last >= 0 and t - m.ep_last < 2 * EPISODE_GAP_MS:
                 age_d = (t - m.ep_start) / DAY_MS
-                k = 0
-                for lo in EPISODE_BANDS_D:
-                    if age_d < lo:
-                        break
-                    k += 1
-                episode[k] = 1.0
+                episode = _EPISODE_ONES[bisect_left(EPISODE_BANDS_D, age_d + 1e-9)]
 
         channel = event.get("channel")
         hour = (t // HOUR_MS) % 24
@@ -277,7 +291,7 @@ class TransactionFeatures:
             _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
             risk[0], risk[1], risk[2],
             mf1, mf7, *episode,
-            *(1.0 if la > b else 0.0 for b in AMOUNT_BANDS),
+            *_AMOUNT_ONES[bisect_left(AMOUNT_BANDS, la)],
             _log1p(f_n), fraud_recent,
             0.0 if event.get("status", "approved") == "approved" else 1.0,
             1.0 if channel == "ecom" or channel == "moto" else 0.0,
@@ -286,11 +300,19 @@ class TransactionFeatures:
         ]
 
         # --- the event joins the state
-        for i in range(5):
-            n[i] += 1.0
-            s[i] += amount
-        for i in range(3):
-            mn[i] += 1.0
+        n[0] += 1.0
+        n[1] += 1.0
+        n[2] += 1.0
+        n[3] += 1.0
+        n[4] += 1.0
+        s[0] += amount
+        s[1] += amount
+        s[2] += amount
+        s[3] += amount
+        s[4] += amount
+        mn[0] += 1.0
+        mn[1] += 1.0
+        mn[2] += 1.0
         self._profile(card, t, la)
         if country is not None:
             if len(countries) >= MAX_SMALL_SET and country not in countries:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from agents.fraud import TransactionScorer
+from pipelines.eval_fraud import EvalError, figures, load_stream, parse_duration_ms, replay_file
 from pipelines.metrics_exact import average_precision, card_precision_at_k, mid_ranks, roc_auc
 
 
@@ -72,3 +77,131 @@ def test_card_precision_takes_each_cards_daily_max_and_averages_days():
     assert card_precision_at_k(days, cards, y, s, k=1) == 0.5
     # k larger than the cards of a day: still divided by k (2 of 4 on day 0, 1 of 4 on day 1)
     assert card_precision_at_k(days, cards, y, s, k=4) == pytest.approx((2 / 4 + 1 / 4) / 2)
+
+
+# ------------------------------------------------------------------------ the evaluation
+
+HANDBOOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fraud-handbook"
+DAY = 86_400_000
+
+
+def test_durations():
+    assert parse_duration_ms("7d") == 7 * DAY
+    assert parse_duration_ms("12h") == DAY // 2
+    assert parse_duration_ms("90") == 90_000 and parse_duration_ms("250ms") == 250
+    with pytest.raises(EvalError, match="expected e.g. 7d"):
+        parse_duration_ms("seven days")
+
+
+def handbook_frame(n_days: int = 20, per_day: int = 300, seed: int = 0) -> pd.DataFrame:
+    """A small file in the Handbook's layout: terminal 7 is compromised from day 5."""
+    rng = random.Random(seed)
+    rows = []
+    start = pd.Timestamp("2018-04-01")
+    for i in range(n_days * per_day):
+        seconds = i * 86_400 // per_day + rng.randrange(60)
+        terminal, amount = rng.randrange(30), round(rng.uniform(5, 100), 2)
+        fraud = int((terminal == 7 and seconds >= 5 * 86_400) or amount > 95)
+        rows.append((i, start + pd.Timedelta(seconds=seconds), rng.randrange(200), terminal,
+                     amount, seconds, seconds // 86_400, fraud))
+    return pd.DataFrame(rows, columns=["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID",
+                                       "TERMINAL_ID", "TX_AMOUNT", "TX_TIME_SECONDS",
+                                       "TX_TIME_DAYS", "TX_FRAUD"])
+
+
+class SpyScorer(TransactionScorer):
+    """Records when each label is learned, against its event's time."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.learned_at: list[tuple[int, int]] = []
+
+    def learn_label(self, target_event_id, label, known_at_ms=None):
+        event_time = self._pending[target_event_id][0] if target_event_id in self._pending \
+            else None
+        ok = super().learn_label(target_event_id, label, known_at_ms)
+        if ok:
+            self.learned_at.append((event_time, known_at_ms))
+        return ok
+
+
+def test_labels_are_learned_only_after_the_delay_and_scored_first(tmp_path):
+    path = tmp_path / "hb.parquet"
+    handbook_frame().to_parquet(path)
+    stream = load_stream(path)
+    assert stream.source == "handbook" and len(stream) == 6_000
+    scorer = SpyScorer(seed=1)
+    replay = replay_file(stream, scorer, label_delay_ms=2 * DAY, progress=False)
+    assert scorer.learned_at and all(k - t == 2 * DAY for t, k in scorer.learned_at)
+    # every event up to 2 days before the last one had its label learned, none after
+    last = int(stream.columns["event_time"][-1])
+    assert replay.learned == int((stream.columns["event_time"] <= last - 2 * DAY).sum())
+    f = figures(replay, warmup_ms=3 * DAY)
+    assert f["n_events"] == int((replay.times >= replay.times[0] + 3 * DAY).sum())
+    assert f["roc_auc"] > 0.8  # the compromised terminal and the large amounts are learned
+    assert [w["week"] for w in f["weeks"]] == [1, 2, 3]
+
+
+def test_eval_fraud_command_on_both_layouts(tmp_path, capsys):
+    from pipelines.cli import main
+
+    frame = handbook_frame(n_days=10)
+    path = tmp_path / "hb.parquet"
+    frame.to_parquet(path)
+    out = tmp_path / "figures.json"
+    assert main(["eval", "fraud", "--data", str(path), "--label-delay", "1d", "--warmup", "2d",
+                 "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    for key in ("roc_auc", "average_precision", "card_precision_at_100", "events_per_s",
+                "n_events", "weeks", "decisions", "brier"):
+        assert key in got
+    assert 0.5 < got["roc_auc"] <= 1.0 and got["events_per_s"] > 0
+    assert "ROC AUC" in capsys.readouterr().out
+    # the same events in riskstream's schema (a lake export plus a label)
+    lake = pd.DataFrame({
+        "event_id": frame.TRANSACTION_ID.astype(str),
+        "event_time": frame.TX_DATETIME.dt.tz_localize("UTC"),
+        "card_id": "card-" + frame.CUSTOMER_ID.astype(str),
+        "merchant_id": "m-" + frame.TERMINAL_ID.astype(str),
+        "amount": frame.TX_AMOUNT, "currency": "EUR", "channel": "ecom", "country": "DE",
+        "score": 0.0, "label": frame.TX_FRAUD})
+    lake_path = tmp_path / "lake.parquet"
+    lake.sample(frac=1.0, random_state=1).to_parquet(lake_path)  # out of order on disk
+    out2 = tmp_path / "figures2.json"
+    assert main(["eval", "fraud", "--data", str(lake_path), "--label-delay", "1d",
+                 "--warmup", "2d", "--json", str(out2)]) == 0
+    again = json.loads(out2.read_text())
+    assert again["layout"] == "riskstream" and again["n_events"] == got["n_events"]
+    assert again["roc_auc"] == pytest.approx(got["roc_auc"], abs=0.02)
+
+
+def test_eval_fraud_rejects_unusable_input(tmp_path, capsys):
+    from pipelines.cli import main
+
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"x": [1, 2]}).to_parquet(bad)
+    assert main(["eval", "fraud", "--data", str(bad)]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["eval", "fraud"]) == 2  # neither --data nor --simulate
+
+
+def test_eval_fraud_on_the_simulator(tmp_path):
+    from pipelines.cli import main
+
+    out = tmp_path / "sim.json"
+    assert main(["eval", "fraud", "--simulate", "30000", "--warmup", "1m",
+                 "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert set(got["streams"]) == {"transactions", "applications"}
+    tx = got["streams"]["transactions"]
+    assert tx["n_fraud"] > 10 and tx["roc_auc"] > 0.7
+    assert tx["labels_unmatched"] == 0
+
+
+@pytest.mark.skipif(not HANDBOOK.is_dir(), reason=f"Handbook data not found at {HANDBOOK}")
+def test_handbook_first_days_learn_something():
+    stream = load_stream(HANDBOOK, limit=40_000)  # 4 days
+    replay = replay_file(stream, TransactionScorer(seed=42), label_delay_ms=DAY,
+                         progress=False)
+    f = figures(replay, warmup_ms=2 * DAY)
+    assert f["roc_auc"] > 0.6 and f["labels_unmatched"] == 0

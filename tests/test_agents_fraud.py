@@ -1,0 +1,244 @@
+"""Unit tests of the fraud scorers and their online features: no Faust, no broker."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from agents.fraud import ApplicationScorer, TransactionScorer
+from agents.fraud_features import DAY_MS, HOUR_MS, MINUTE_MS, TransactionFeatures
+from agents.fraud_identity import ApplicationFeatures
+
+T0 = 1_790_000_000_000  # a fixed event time (ms), 2026-09
+
+
+def txn(i: int, t: int | None = None, **overrides) -> dict:
+    event = {"event_id": f"t{i}", "event_time": T0 + i * 60_000 if t is None else t,
+             "card_id": "c1", "account_id": "a1", "merchant_id": "m1", "mcc": "5411",
+             "amount": 20.0, "currency": "EUR", "channel": "pos", "country": "FR",
+             "status": "approved", "device_id": None, "ip": None}
+    return {**event, **overrides}
+
+
+def app(i: int, **overrides) -> dict:
+    event = {"event_id": f"a{i}", "event_time": T0 + i * 60_000, "applicant_id": f"p{i}",
+             "ssn_hash": f"ssn{i}", "name_hash": f"name{i}", "address_hash": f"addr{i}",
+             "income": 50_000.0, "requested_amount": 5_000.0, "employment": "employed",
+             "age_years": 40, "device_id": f"d{i}", "ip": f"10.0.{i // 250}.{i % 250}",
+             "email_domain": "example.com", "product": "credit_card"}
+    return {**event, **overrides}
+
+
+def features(f: TransactionFeatures, event: dict) -> dict[str, float]:
+    return dict(zip(f.names, f.compute(event)))
+
+
+# --------------------------------------------------------------------- transaction features
+
+def test_spending_windows_decay_in_event_time():
+    f = TransactionFeatures()
+    features(f, txn(0, t=T0, amount=10.0))
+    # one day later the 1-day window holds e^-1 of the first event, the 30-day one ~all of it
+    x = features(f, txn(1, t=T0 + DAY_MS, amount=10.0))
+    assert x["card_n_1d"] == pytest.approx(math.log1p(math.exp(-1)))
+    assert x["card_n_30d"] == pytest.approx(math.log1p(math.exp(-1 / 30)))
+    assert x["card_n_10m"] == pytest.approx(0.0, abs=1e-12)
+    assert x["card_mean_7d"] == pytest.approx(math.log1p(10.0))  # a mean is not decayed
+    assert x["gap_log"] == pytest.approx(math.log1p(86_400))
+    # a burst: 3 events within minutes
+    features(f, txn(2, t=T0 + DAY_MS + MINUTE_MS))
+    x = features(f, txn(3, t=T0 + DAY_MS + 2 * MINUTE_MS))
+    assert x["card_n_10m"] > math.log1p(1.5)
+    assert x["gap_log"] == pytest.approx(math.log1p(60))
+
+
+def test_amount_against_the_cards_own_history():
+    f = TransactionFeatures()
+    rng = random.Random(1)
+    for i in range(40):
+        features(f, txn(i, amount=round(rng.uniform(18, 25), 2)))
+    usual = features(f, txn(40, amount=21.0))
+    odd = features(f, txn(41, amount=400.0))
+    assert abs(usual["amount_z"]) < 2 and odd["amount_z"] > 5
+    assert odd["amount_vs_30d"] > 2.5  # log(400 / ~21)
+    assert odd["amount_band_5.5"] == 1.0 and usual["amount_band_4.0"] == 0.0
+    # the unusual amount stays on the card's record for a while
+    assert features(f, txn(42, amount=21.0))["card_anomaly_7d"] > 1.0
+
+
+def test_new_device_new_country_and_distinct_merchants_of_the_last_hour():
+    f = TransactionFeatures()
+    for i in range(5):
+        features(f, txn(i, device_id="d1", merchant_id=f"m{i % 2}"))
+    x = features(f, txn(5, device_id="d1", merchant_id="m0"))
+    assert (x["new_device"], x["new_country"], x["merchants_1h"]) == (0.0, 0.0, 2.0)
+    x = features(f, txn(6, device_id="d9", country="BR", merchant_id="m7"))
+    assert (x["new_device"], x["new_country"], x["merchants_1h"]) == (1.0, 1.0, 3.0)
+    # two hours later the earlier merchants are out of the hour
+    x = features(f, txn(7, t=T0 + 3 * HOUR_MS, merchant_id="m0"))
+    assert x["merchants_1h"] == 1.0
+
+
+def test_merchant_risk_uses_only_labels_already_known():
+    f = TransactionFeatures()
+    for i in range(10):
+        features(f, txn(i, card_id=f"c{i}", merchant_id="m1"))
+    # the frauds at m1 are not known yet: no risk
+    x = features(f, txn(10, card_id="c99", merchant_id="m1"))
+    assert x["merchant_risk_1d"] == 0.0 and x["merchant_fraud_7d"] == 0.0
+    known_at = T0 + 7 * DAY_MS
+    for i in range(10):
+        f.learn_label(f"c{i}", "m1", T0 + i * 60_000, 20.0, 1, known_at)
+    x = features(f, txn(11, t=known_at + HOUR_MS, card_id="c98", merchant_id="m1"))
+    assert x["merchant_risk_1d"] > 0.8 and x["merchant_risk_7d"] > 0.8
+    assert x["merchant_episode_7d"] == 1.0  # the episode began 7 days ago
+    assert features(f, txn(12, t=known_at + HOUR_MS, merchant_id="m2"))["merchant_risk_7d"] == 0
+    # the card of a known fraud carries it
+    assert features(f, txn(13, t=known_at + HOUR_MS, card_id="c3"))["card_fraud_recent"] == 1.0
+
+
+def test_per_key_state_is_bounded():
+    f = TransactionFeatures(max_cards=100, max_merchants=50)
+    for i in range(1_000):
+        f.compute(txn(i, card_id=f"c{i}", merchant_id=f"m{i}", device_id=f"d{i}"))
+    assert len(f._cards) == 100 and len(f._merchants) == 50
+    f = TransactionFeatures()
+    for i in range(200):  # one card, many devices, countries and merchants within the hour
+        f.compute(txn(i, t=T0 + i * 1000, device_id=f"d{i}", merchant_id=f"m{i}",
+                      country=("FR", "DE", "IT", "ES", "BE", "NL", "PT", "AT", "PL", "SE")[i % 10]))
+    card = f._cards["c1"]
+    assert len(card.devices) <= 8 and len(card.countries) <= 8 and len(card.recent) <= 32
+
+
+# ----------------------------------------------------------------------------- the scorer
+
+def test_score_is_the_river_pipelines_probability_corrected_for_negative_sampling():
+    scorer = TransactionScorer(seed=3, min_labels=20)
+    rng = random.Random(3)
+    for i in range(600):
+        fraud = rng.random() < 0.1
+        e = txn(i, card_id=f"c{i % 30}", merchant_id=f"m{i % 7}",
+                amount=900.0 if fraud else rng.uniform(10, 40))
+        scorer.score_record(e, T0)
+        assert scorer.learn_label(e["event_id"], int(fraud))
+    score, v, reasons = scorer.score_one(txn(600, card_id="c1", amount=700.0))
+    x = dict(zip(scorer.feature_names, v))
+    p = scorer._classifier.predict_proba_one(scorer._scaler.transform_one(x))[True]
+    r = scorer.negative_rate
+    assert score == pytest.approx(p * r / (p * r + 1 - p), rel=1e-9)
+    assert "high_amount" in reasons or "amount_unusual_for_card" in reasons
+    contributions = scorer.explain(v)
+    assert set(contributions) == set(scorer.feature_names)
+
+
+def test_records_carry_score_decision_reasons_and_version():
+    scorer = TransactionScorer(seed=1, review_at=0.3, decline_at=0.6)
+    records = [scorer.score_record(txn(i, card_id=f"c{i % 9}"), T0 + 5) for i in range(300)]
+    for r in records:
+        assert 0.0 <= r["score"] <= 1.0
+        expected = "decline" if r["score"] >= 0.6 else "review" if r["score"] >= 0.3 \
+            else "approve"
+        assert r["decision"] == expected
+        assert isinstance(r["reasons"], list)
+        assert r["model_version"] == scorer.model_version and r["scored_at"] == T0 + 5
+        assert r["card_id"].startswith("c") and r["event_id"].startswith("t")  # event kept
+
+
+def test_unlabelled_events_are_learned_as_genuine_after_the_ttl():
+    scorer = TransactionScorer(seed=1, label_ttl_s=3_600)
+    scorer.score_record(txn(0, t=T0), T0)
+    scorer.score_record(txn(1, t=T0 + 30 * MINUTE_MS), T0)
+    assert scorer.stats()["pending"] == 2
+    scorer.score_record(txn(2, t=T0 + 61 * MINUTE_MS), T0)  # t0's hour has passed
+    assert scorer.stats() == {"labels": 1, "fraud_labels": 0, "expired_as_genuine": 1,
+                              "pending": 2}
+    assert not scorer.learn_label("t0", 1)   # too late: reported, not learned
+    assert scorer.learn_label("t1", 1)       # in time
+    assert scorer.stats()["fraud_labels"] == 1
+
+
+def test_pending_events_are_bounded():
+    scorer = TransactionScorer(seed=1, max_pending=100)
+    for i in range(1_000):
+        scorer.score_record(txn(i, card_id=f"c{i % 50}"), T0)
+    assert scorer.n_pending == 100 and scorer.stats()["expired_as_genuine"] == 900
+
+
+def test_learns_a_compromised_merchant_from_delayed_labels():
+    """Frauds at one merchant become known a day late; then its transactions score high."""
+    scorer = TransactionScorer(seed=5, min_labels=50)
+    rng = random.Random(5)
+    delay = DAY_MS
+    queue: list[tuple[int, str, int]] = []
+    bad_from = T0 + 5 * DAY_MS
+    last = {}
+    for i in range(6_000):
+        t = T0 + i * 150_000  # 10 days
+        while queue and queue[0][0] <= t:
+            known_at, event_id, label = queue.pop(0)
+            scorer.learn_label(event_id, label, known_at)
+        merchant = f"m{rng.randrange(40)}"
+        fraud = int(merchant == "m7" and t >= bad_from)
+        e = txn(i, t=t, card_id=f"c{rng.randrange(300)}", merchant_id=merchant,
+                amount=round(rng.uniform(5, 80), 2))
+        last[merchant] = scorer.score_record(e, t)
+        queue.append((t + delay, e["event_id"], fraud))
+    compromised = last["m7"]
+    others = [r["score"] for m, r in last.items() if m != "m7"]
+    assert compromised["score"] > max(others)
+    assert "merchant_fraud_risk" in compromised["reasons"] or \
+        "merchant_fraud_episode" in compromised["reasons"]
+
+
+def test_same_seed_same_scores():
+    def run() -> list[float]:
+        scorer = TransactionScorer(seed=9, min_labels=10)
+        out = []
+        for i in range(200):
+            e = txn(i, card_id=f"c{i % 11}", amount=10.0 + i % 17)
+            out.append(scorer.score_record(e, T0)["score"])
+            scorer.learn_label(e["event_id"], int(i % 13 == 0))
+        return out
+    assert run() == run()
+
+
+# ----------------------------------------------------------------------------- applications
+
+def test_identity_velocity_and_reuse_of_an_ssn_under_other_names():
+    f = ApplicationFeatures()
+    x0 = dict(zip(f.names, f.compute(app(0))))
+    assert x0["ssn_n_1h"] == 0.0 and x0["ssn_names"] == 0.0
+    # the same SSN 10 minutes later, another name, the same device, a drop address
+    x1 = dict(zip(f.names, f.compute(app(1, ssn_hash="ssn0", name_hash="other",
+                                         device_id="d0", address_hash="addr0",
+                                         income=150_000.0))))
+    assert x1["ssn_n_1h"] > 0.5 and x1["device_n_1h"] > 0.5 and x1["address_n_1d"] > 0.5
+    assert x1["ssn_names"] == 1.0 and x1["address_ssns"] == 0.0
+    assert x1["income_change"] == pytest.approx(math.log1p(150_000) - math.log1p(50_000))
+    x2 = dict(zip(f.names, f.compute(app(2, address_hash="addr0"))))
+    assert x2["address_ssns"] == 1.0  # a second SSN at that address
+
+
+def test_application_labels_mark_the_identity_attributes():
+    scorer = ApplicationScorer(seed=1, min_labels=5)
+    for i in range(20):
+        scorer.score_record(app(i, email_domain="yopmail.com" if i % 2 else "example.com"), T0)
+    for i in range(20):
+        assert scorer.learn_label(f"a{i}", i % 2, T0 + 30 * MINUTE_MS)
+    # a new application from a device that was used for fraud
+    x = scorer.features(app(30, device_id="d1"))
+    assert x["identity_known_fraud"] > 0.5
+    assert scorer.features(app(31, email_domain="yopmail.com"))["email_risk"] > \
+        scorer.features(app(32, email_domain="example.com"))["email_risk"]
+
+
+def test_application_records_and_amount_against_income():
+    scorer = ApplicationScorer(seed=1)
+    r = scorer.score_record(app(0, income=0.0, requested_amount=20_000.0,
+                                employment="unemployed"), T0)
+    assert 0.0 <= r["score"] <= 1.0 and r["decision"] in {"approve", "review", "decline"}
+    assert {"amount_high_vs_income", "no_income"} & set(r["reasons"])
+    x = scorer.features(app(1, income=90_000.0, employment="student", age_years=22))
+    assert x["employment_inconsistent"] == 1.0
