@@ -266,6 +266,13 @@ class LakeWriter:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
+    def lock(self) -> None:
+        """Take the lake's writer lock now (``recover`` and ``write`` take it on first use).
+
+        Raises :class:`LakeError` naming the holder's pid if another process holds it.
+        """
+        self._lock()
+
     def close(self) -> None:
         """Release the writer lock; the writer can be used again (it re-locks)."""
         if self._lock_fd is not None:
@@ -540,7 +547,6 @@ def visible_files(root: Path, table: str, suffix: str = ".parquet") -> list[str]
     []
     """
     table_dir = Path(root) / table
-    mdir = Path(root) / MANIFESTS_DIR / table
     found: list[str] = []
     if not table_dir.is_dir():
         return found
@@ -548,32 +554,48 @@ def visible_files(root: Path, table: str, suffix: str = ".parquet") -> list[str]
         if not (date.name.startswith("date=") and date.is_dir()):
             continue
         for hour in sorted(os.scandir(date.path), key=lambda e: e.name):
-            if not (hour.name.startswith("hour=") and hour.is_dir()):
-                continue
-            prefix = f"{date.name}/{hour.name}/"
-            parts, compacts = [], []
-            for entry in os.scandir(hour.path):
-                if not entry.name.endswith(suffix):
-                    continue
-                stem = entry.name[:-len(suffix)]
-                if not (mdir / f"{stem}.json").exists():
-                    continue  # not committed (yet, or ever)
-                if entry.name.startswith(PART_PREFIX):
-                    parts.append(entry.name)
-                elif entry.name.startswith(COMPACT_PREFIX):
-                    compacts.append(entry.name)
-            replaced: set[str] = set()
-            if compacts and (parts or len(compacts) > 1):
-                for name in compacts:
-                    manifest = _read_manifest(mdir / f"{name[:-len(suffix)]}.json")
-                    replaced.update(p.rsplit("/", 1)[-1] for p in manifest["replaces"])
-            found.extend(prefix + name for name in sorted(compacts + parts)
-                         if name not in replaced)
+            if hour.name.startswith("hour=") and hour.is_dir():
+                found.extend(visible_in_hour(root, table, f"{date.name}/{hour.name}", suffix))
     return found
 
 
+def visible_in_hour(root: Path, table: str, hour: str, suffix: str = ".parquet") -> list[str]:
+    """Return :func:`visible_files` of one hour partition (``hour``: ``date=.../hour=HH``)."""
+    mdir = Path(root) / MANIFESTS_DIR / table
+    parts, compacts = [], []
+    try:
+        entries = list(os.scandir(Path(root) / table / hour))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not entry.name.endswith(suffix):
+            continue
+        stem = entry.name[:-len(suffix)]
+        if not (mdir / f"{stem}.json").exists():
+            continue  # not committed (yet, or ever)
+        if entry.name.startswith(PART_PREFIX):
+            parts.append(entry.name)
+        elif entry.name.startswith(COMPACT_PREFIX):
+            compacts.append(entry.name)
+    replaced: set[str] = set()
+    if compacts and (parts or len(compacts) > 1):
+        for name in list(compacts):
+            try:
+                manifest = _read_manifest(mdir / f"{name[:-len(suffix)]}.json")
+            except FileNotFoundError:
+                # Deleted since the listing; compaction deletes a manifest only after its file
+                # and the files it replaced, so there is nothing left of it to read.
+                compacts.remove(name)
+                continue
+            replaced.update(p.rsplit("/", 1)[-1] for p in manifest["replaces"])
+    return [f"{hour}/{name}" for name in sorted(compacts + parts) if name not in replaced]
+
+
 def _read_manifest(path: Path) -> dict:
+    """Read a manifest; a missing one raises FileNotFoundError, a broken one LakeError."""
     try:
         return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise
     except (OSError, orjson.JSONDecodeError) as exc:
         raise LakeError(f"unreadable manifest {path}: {exc}. Restore it from a backup") from exc
