@@ -53,6 +53,15 @@ class LakeSettings(BaseSettings):
     # A sink flushes when a table's buffer holds this many rows or is this old.
     flush_rows: int = Field(50_000, ge=1)
     flush_interval_s: float = Field(5.0, gt=0)
+    # Housekeeping (sinks/compaction.py). The sink compacts closed hours this often (0: never;
+    # `riskstream lake compact` then does it while no sink runs), those that ended this long
+    # ago (late rows of an hour keep arriving for a while), and deletes the files a compaction
+    # replaced this long after it (longer than any query over the lake).
+    compact_every_s: float = Field(0.0, ge=0)
+    compact_older_than_s: float = Field(3600.0, ge=0)
+    compact_delete_after_s: float = Field(600.0, ge=0)
+    # `riskstream lake retain` deletes hour partitions older than this.
+    retention_days: int = Field(90, ge=1)
 
 
 class ClickHouseSettings(BaseSettings):

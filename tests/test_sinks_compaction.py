@@ -270,3 +270,30 @@ def test_a_crash_during_retention_is_finished_by_the_next_run(tmp_path, monkeypa
             assert LakeWriter(root).row_count() == count
             assert lake_state(root) == {"rows": 0, "unique": 0}
             assert not list(lake.manifest_dir("scored_transactions").glob("part-*"))
+
+
+def test_cli_compact_and_retain(tmp_path, capsys, monkeypatch):
+    from pipelines.cli import main
+
+    root = tmp_path / "lake"
+    monkeypatch.setenv("RISKSTREAM_LAKE_COMPACT_DELETE_AFTER_S", "0")
+    with LakeWriter(root) as lake:
+        write_flushes(lake, SCORED_TRANSACTIONS, 5)
+        offsets = lake.recover(SCORED_TRANSACTIONS)
+        # a sink holds the lake: refused, saying what to do
+        assert main(["lake", "compact", "--lake", str(root)]) == 2
+        assert "RISKSTREAM_LAKE_COMPACT_EVERY_S" in capsys.readouterr().err
+    assert main(["lake", "compact", "--lake", str(root), "--older-than", "1h",
+                 "--table", "scored_transactions"]) == 0
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert (summary["files_before"], summary["files_after"], summary["rows"]) == (10, 2, 25)
+    assert "date=2024-05-01/hour=13: 5 files -> 1, " in out.err  # progress
+    assert lake_state(root) == {"rows": 25, "unique": 25}
+
+    assert main(["lake", "retain", "--lake", str(root), "--days", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["hours_deleted"], summary["rows_deleted"]) == (2, 25)
+    assert lake_state(root) == {"rows": 0, "unique": 0}
+    with LakeWriter(root) as lake:
+        assert lake.recover(SCORED_TRANSACTIONS) == offsets
