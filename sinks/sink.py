@@ -21,6 +21,12 @@ Records that are not JSON objects are logged with topic/partition/offset and cou
 (``riskstream_sink_bad_records_total``); their offsets still move on with the flush. A record
 that breaks its table's schema stops the sink with a :class:`LakeError` (it must not vanish,
 and it is our own agents' bug): it stays in Kafka, uncommitted.
+
+With ``RISKSTREAM_LAKE_COMPACT_EVERY_S`` > 0 a background thread compacts closed hour
+partitions (sinks/compaction.py) with the sink's own :class:`LakeWriter`, which holds the lake's
+writer lock: the only process that may write the lake does. Compaction touches only committed
+files and its own ``compact-*`` files, so it needs no coordination with flushes; a failed run is
+logged and counted (``riskstream_lake_compaction_failures_total``) and retried next time.
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ SINK_BAD_RECORDS = Counter(
 SINK_COMMIT_FAILURES = Counter(
     "riskstream_sink_commit_failures", "Kafka commits that failed after a lake commit "
     "(harmless: the next assignment resumes from the lake)", ["topic"])
+LAKE_COMPACTIONS = Counter("riskstream_lake_compactions", "Hour partitions compacted by the sink",
+                           ["table"])
+LAKE_COMPACTION_FAILURES = Counter("riskstream_lake_compaction_failures",
+                                   "Compaction runs of the sink that raised (retried next time)")
 
 
 @dataclass
@@ -266,6 +276,8 @@ def run_sink(bootstrap: str, settings: Settings, *, stop: threading.Event,
     refuses a second one).
     """
     lake = LakeWriter(settings.lake.path)
+    halt = threading.Event()  # stops the compaction thread, on stop or on an error
+    compactor = _start_compaction(lake, settings, halt)
     consumer = Consumer(consumer_config(settings.kafka, bootstrap, group_id))
     sink = LakeSink(consumer, lake, batch=settings.kafka.consume_batch,
                     flush_rows=settings.lake.flush_rows,
@@ -284,4 +296,36 @@ def run_sink(bootstrap: str, settings: Settings, *, stop: threading.Event,
         raise
     finally:
         consumer.close()  # leaves the group; commits nothing (auto commit is off)
+        halt.set()
+        if compactor is not None:
+            compactor.join()  # waits for the hour being compacted, if any
         lake.close()
+
+
+def _start_compaction(lake: LakeWriter, settings: Settings,
+                      halt: threading.Event) -> threading.Thread | None:
+    """Compact the lake every ``compact_every_s`` in a thread, until ``halt`` (or never)."""
+    every_s = settings.lake.compact_every_s
+    if every_s <= 0:
+        return None
+    from sinks.compaction import Compactor
+
+    compactor = Compactor(lake, delete_after_s=settings.lake.compact_delete_after_s)
+
+    def loop() -> None:
+        while not halt.wait(every_s):
+            try:
+                report = compactor.run(older_than_s=settings.lake.compact_older_than_s)
+            except Exception:
+                LAKE_COMPACTION_FAILURES.inc()
+                log.exception("sink: lake compaction failed; the lake is unchanged where it "
+                              "failed, retried in %s s", every_s)
+                continue
+            for hour in report.hours:
+                LAKE_COMPACTIONS.labels(hour.table).inc()
+            if report.hours or report.deleted_files:
+                log.info("sink: lake compaction %s", report.summary())
+
+    thread = threading.Thread(target=loop, name="lake-compaction", daemon=True)
+    thread.start()
+    return thread

@@ -297,3 +297,35 @@ def test_cli_compact_and_retain(tmp_path, capsys, monkeypatch):
     assert lake_state(root) == {"rows": 0, "unique": 0}
     with LakeWriter(root) as lake:
         assert lake.recover(SCORED_TRANSACTIONS) == offsets
+
+
+@pytest.mark.integration
+def test_the_sink_compacts_in_the_background_while_it_writes(tmp_path, monkeypatch):
+    from test_sinks_sink import PARTITIONS, SinkThread
+
+    from pipelines.broker import EmbeddedBroker, ensure_topics
+    from pipelines.settings import Settings
+    from pipelines.topics import OUTPUT_TOPICS
+    from lake_fixtures import produce, wait_until
+
+    root = tmp_path / "lake"
+    for name, value in {"PATH": root, "FLUSH_ROWS": 50, "FLUSH_INTERVAL_S": 0.2,
+                        "COMPACT_EVERY_S": 0.5, "COMPACT_OLDER_THAN_S": 0,
+                        "COMPACT_DELETE_AFTER_S": 0}.items():
+        monkeypatch.setenv(f"RISKSTREAM_LAKE_{name}", str(value))
+    records = [make_record(SCORED_TRANSACTIONS, n, time_ms=T0_MS + n * 1000) for n in range(600)]
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, partitions=PARTITIONS, topics=OUTPUT_TOPICS)
+        with SinkThread(broker.bootstrap, Settings()):
+            produce(broker.bootstrap, SCORED_TRANSACTIONS, records[:300], partitions=PARTITIONS)
+            # rows are read while the compactions replace the files under the query
+            wait_until(lambda: lake_state(root)["rows"] == 300 and len(
+                visible_files(root, "scored_transactions")) == 1, timeout_s=30,
+                what="300 rows in one compacted file")
+            produce(broker.bootstrap, SCORED_TRANSACTIONS, records[300:], partitions=PARTITIONS)
+            wait_until(lambda: lake_state(root) == {"rows": 600, "unique": 600} and len(
+                visible_files(root, "scored_transactions")) == 1, timeout_s=30,
+                what="600 rows in one compacted file")
+    with LakeWriter(root) as lake:
+        assert sum(lake.recover(SCORED_TRANSACTIONS).values()) == 600
+        assert lake.row_count()["scored_transactions"] == 600
