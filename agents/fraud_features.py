@@ -61,7 +61,8 @@ TX_FEATURES: tuple[str, ...] = (
     "amount_log",
     "card_n_10m", "card_n_1h", "card_n_1d", "card_n_7d", "card_n_30d",
     "card_mean_1d", "card_mean_7d", "card_mean_30d",
-    "amount_vs_1d", "amount_vs_7d", "amount_vs_30d", "amount_z", "card_anomaly_7d",
+    "amount_vs_1d", "amount_vs_7d", "amount_vs_30d", "amount_z", "amount_z_linear",
+    "card_anomaly_7d",
     "gap_log",
     "new_country", "new_device", "merchants_1h",
     "merchant_n_1d", "merchant_n_7d", "merchant_n_30d",
@@ -82,6 +83,7 @@ TX_REASON_OF: dict[str, str] = {
     "card_mean_30d": "card_spend_level",
     "amount_vs_1d": "amount_unusual_for_card", "amount_vs_7d": "amount_unusual_for_card",
     "amount_vs_30d": "amount_unusual_for_card", "amount_z": "amount_unusual_for_card",
+    "amount_z_linear": "amount_unusual_for_card",
     "card_anomaly_7d": "card_recent_unusual_amounts",
     "merchant_fraud_1d": "merchant_fraud_risk", "merchant_fraud_7d": "merchant_fraud_risk",
     **{f"merchant_episode_{lo}d": "merchant_fraud_episode" for lo in (0, *EPISODE_BANDS_D)},
@@ -101,7 +103,8 @@ TX_REASON_OF: dict[str, str] = {
 class CardState:
     """What one card remembers: decayed windows, its amount profile, bounded small sets."""
 
-    __slots__ = ("t", "n", "s", "p_t", "p_w", "p_mean", "p_var", "f_t", "f_n", "last_fraud",
+    __slots__ = ("t", "n", "s", "p_t", "p_w", "p_mean", "p_var", "q_mean", "q_var", "f_t", "f_n",
+                 "last_fraud",
                  "a_t", "a_n", "countries", "devices", "recent")
 
     def __init__(self, t: int) -> None:
@@ -112,6 +115,8 @@ class CardState:
         self.p_w = 0.0
         self.p_mean = 0.0
         self.p_var = 0.0
+        self.q_mean = 0.0               # ... and of the amount itself
+        self.q_var = 0.0
         self.f_t = t                    # known fraud on the card (from labels), decayed
         self.f_n = 0.0
         self.last_fraud = -1            # when the last fraud label of the card became known
@@ -222,8 +227,10 @@ class TransactionFeatures:
         if card.p_w >= 3.0:
             z = (la - card.p_mean) / _sqrt(card.p_var + 0.01)
             z = -5.0 if z < -5.0 else 10.0 if z > 10.0 else z
+            zl = (amount - card.q_mean) / _sqrt(card.q_var + 1.0)
+            zl = -5.0 if zl < -5.0 else 20.0 if zl > 20.0 else zl
         else:
-            z = 0.0
+            z = zl = 0.0
         a_n = card.a_n
         if a_n > 0.0 and t > card.a_t:
             a_n *= _exp(-(t - card.a_t) / (7 * DAY_MS))
@@ -238,12 +245,13 @@ class TransactionFeatures:
         new_country = 1.0 if (not first and country not in countries) else 0.0
         new_device = 1.0 if (not first and device is not None and device not in devices) \
             else 0.0
-        recent = card.recent
-        if recent:
-            horizon = t - HOUR_MS
-            stale = [k for k, v in recent.items() if v < horizon]
-            for k in stale:
-                del recent[k]
+        recent = card.recent  # merchant -> last visit, oldest first: drop the stale ones
+        horizon = t - HOUR_MS
+        while recent:
+            oldest = next(iter(recent))
+            if recent[oldest] >= horizon:
+                break
+            del recent[oldest]
         merchants_1h = float(len(recent) + (merchant_id not in recent))
 
         # --- card's known fraud (labels already arrived), decayed from their arrival
@@ -285,7 +293,7 @@ class TransactionFeatures:
             la,
             _log1p(n10m), _log1p(n1h), _log1p(n1d), _log1p(n7d), _log1p(n30d),
             _log1p(mean1d), _log1p(mean7d), _log1p(mean30d),
-            vs1d, vs7d, vs30d, z, _log1p(a_n),
+            vs1d, vs7d, vs30d, z, zl, _log1p(a_n),
             gap_log,
             new_country, new_device, merchants_1h,
             _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
@@ -313,7 +321,7 @@ class TransactionFeatures:
         mn[0] += 1.0
         mn[1] += 1.0
         mn[2] += 1.0
-        self._profile(card, t, la)
+        self._profile(card, t, la, amount)
         if country is not None:
             if len(countries) >= MAX_SMALL_SET and country not in countries:
                 countries.pop()
@@ -322,14 +330,21 @@ class TransactionFeatures:
             if len(devices) >= MAX_SMALL_SET and device not in devices:
                 devices.pop()
             devices.add(device)
+        recent.pop(merchant_id, None)
         recent[merchant_id] = t
         if len(recent) > MAX_RECENT_MERCHANTS:
             del recent[next(iter(recent))]
         return x
 
     @staticmethod
-    def _profile(card: CardState, t: int, la: float, weight: float = 1.0) -> None:
-        """Fold (or, with a negative weight, take out) a log amount into the card's profile."""
+    def _profile(card: CardState, t: int, la: float, amount: float,
+                 weight: float = 1.0) -> None:
+        """Fold (or, with a negative weight, take out) an amount into the card's profile.
+
+        Robust: once the profile has some weight, a value is clipped to 3 standard deviations
+        of it before it counts, so a burst of fraudulent amounts does not make itself usual
+        before its labels arrive.
+        """
         dt = t - card.p_t
         w = card.p_w
         if dt > 0:
@@ -337,13 +352,25 @@ class TransactionFeatures:
             card.p_t = t
         new_w = w + weight
         if new_w <= 1e-6:
-            card.p_w = card.p_mean = card.p_var = 0.0
+            card.p_w = card.p_mean = card.p_var = card.q_mean = card.q_var = 0.0
             return
-        delta = la - card.p_mean
-        mean = card.p_mean + weight * delta / new_w
-        # West's weighted incremental variance
-        var = (w * card.p_var + weight * delta * (la - mean)) / new_w
-        card.p_w, card.p_mean, card.p_var = new_w, mean, var if var > 0.0 else 0.0
+        mean, var, qmean, qvar = card.p_mean, card.p_var, card.q_mean, card.q_var
+        if w >= 3.0:
+            sd = 3.0 * _sqrt(var + 0.01)
+            la = mean + sd if la > mean + sd else mean - sd if la < mean - sd else la
+            sd = 3.0 * _sqrt(qvar + 1.0)
+            amount = qmean + sd if amount > qmean + sd else qmean - sd if amount < qmean - sd \
+                else amount
+        # West's weighted incremental mean and variance
+        delta = la - mean
+        mean += weight * delta / new_w
+        var = (w * var + weight * delta * (la - mean)) / new_w
+        delta = amount - qmean
+        qmean += weight * delta / new_w
+        qvar = (w * qvar + weight * delta * (amount - qmean)) / new_w
+        card.p_w, card.p_mean, card.q_mean = new_w, mean, qmean
+        card.p_var = var if var > 0.0 else 0.0
+        card.q_var = qvar if qvar > 0.0 else 0.0
 
     # ----------------------------------------------------------------------------- labels
 
@@ -383,7 +410,7 @@ class TransactionFeatures:
                 # weight of the fraudulent amount in the profile today
                 age = card.p_t - event_time
                 w = _exp(-age / PROFILE_TAU_MS) if age > 0 else 1.0
-                self._profile(card, card.p_t, _log1p(amount), -w)
+                self._profile(card, card.p_t, _log1p(amount), amount, -w)
 
     def __len__(self) -> int:
         return len(self._cards)
