@@ -78,7 +78,8 @@ class LakeSource:
     The views are created once, in a private in-memory chDB session held until ``close``:
     each of the report's queries then costs what it reads (~10-100 ms), not the ~0.3 s of a
     fresh chDB context per query. The session holds no directory, so the sink and other
-    readers are not disturbed; files that land meanwhile are read (the views glob per query).
+    readers are not disturbed. The views list the lake's files when they are created: a
+    report reads one consistent set of files; ``refresh`` sees the files written since.
     """
 
     def __init__(self, lake: Path) -> None:
@@ -91,17 +92,24 @@ class LakeSource:
 
         try:
             if self._session is None:
-                from chdb import session
-
-                self._session = session.Session()
-                for statement in views_sql(self.lake).split(";\n"):
-                    if statement.strip():
-                        self._session.query(statement)
+                self.refresh()
             return self._session.query(sql, "ArrowTable").to_pylist()
         except LakeQueryError:
             raise
         except Exception as exc:  # chDB raises RuntimeErrors with ClickHouse's text
             raise LakeQueryError(_one_line(str(exc))) from None
+
+    def refresh(self) -> None:
+        """(Re)create the views: queries see the files the lake holds now."""
+        from chdb import session
+
+        from sinks.clickhouse import views_sql
+
+        if self._session is None:
+            self._session = session.Session()
+        for statement in views_sql(self.lake).split(";\n"):
+            if statement.strip():
+                self._session.query(statement.replace("CREATE VIEW", "CREATE OR REPLACE VIEW"))
 
     def close(self) -> None:
         session, self._session = self._session, None

@@ -26,6 +26,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from dashboards.live import LiveDashboard, stream_lag
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.settings import Settings
 from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS, VALIDATED
@@ -170,6 +171,7 @@ class Status:
                 + " ".join(f"{k}={v}" for k, v in s["lag"].items()))
 
 
+# The plain status page (/status); the live dashboard is at / (dashboards/live.py).
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>riskstream</title>
 <meta http-equiv="refresh" content="5"><style>body{font:14px system-ui;margin:2em}
 td,th{padding:2px 10px;text-align:left}</style></head><body><h1>riskstream</h1>
@@ -177,12 +179,15 @@ td,th{padding:2px 10px;text-align:left}</style></head><body><h1>riskstream</h1>
 <p>JSON: <a href="/api/v1/status">/api/v1/status</a></p></body></html>"""
 
 
-def serve_status(status: Status, host: str, port: int) -> ThreadingHTTPServer:
+def serve_status(status: Status, host: str, port: int,
+                 dashboard: LiveDashboard | None = None) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             if self.path.startswith("/api/v1/status"):
                 body, ctype = json.dumps(status.last).encode(), "application/json"
-            elif self.path in ("/", "/index.html"):
+            elif dashboard is not None and dashboard.handle(self):
+                return
+            elif self.path in ("/", "/index.html", "/status"):
                 rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in status.last.items())
                 body = (PAGE % {"bootstrap": status.bootstrap, "lake": status.lake,
                                 "rows": rows}).encode()
@@ -240,12 +245,18 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
 
         status = Status(bootstrap, lake, children, broker.pid if broker else None)
         status.collect()
-        page = serve_status(status, settings.service.bind_host, settings.service.status_port)
+        dashboard = LiveDashboard(
+            lambda: [x for child in children for x in scrape(child.metrics_port)],
+            lambda: status.last, lake, lag=lambda: stream_lag(bootstrap)).start()
+        page = serve_status(status, settings.service.bind_host, settings.service.status_port,
+                            dashboard)
         host, port = page.server_address[:2]
         print(f"riskstream is up\n"
               f"  broker      {bootstrap}{' (embedded Tansu, in memory)' if broker else ''}\n"
               f"  lake        {lake}\n"
               f"  status page http://{host}:{port}/   (JSON: /api/v1/status)\n"
+              f"  dashboard   http://{host}:{port}/   (live; /api/v1/metrics, "
+              f"/api/v1/metrics/realtime)\n"
               f"  logs        {log_dir.resolve()}/\n"
               f"  query       riskstream sql \"SELECT count() FROM scored_transactions\"\n"
               f"  stop        Ctrl-C", flush=True)
@@ -267,6 +278,7 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
         final = status.collect()
         for child in children[:-1]:
             child.stop()
+        dashboard.close()
         page.shutdown()
         final = {**final, "lake_rows": _lake_rows(lake)}
         print("summary: " + json.dumps(final, sort_keys=True), flush=True)
