@@ -62,11 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     publish.set_defaults(func=cmd_publish_rules)
 
 
-def _params(settings: Settings) -> dict:
-    return {"score_threshold": settings.alert.score_threshold,
-            "anomaly_threshold": settings.model.anomaly_threshold}
-
-
 def test_alert(severity: str = "info", now_ms: int | None = None) -> dict:
     """A recognisable alert: rule ``riskstream_test``, a fresh id each call."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -181,7 +176,7 @@ def cmd_check_rules(args: argparse.Namespace, settings: Settings) -> int:
 
     path = args.file or settings.alert.rules_path
     try:
-        rules = load_rules(path, params=_params(settings))
+        rules = load_rules(path, params=settings.rule_params())
     except RulesInvalid as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -201,7 +196,7 @@ def cmd_publish_rules(args: argparse.Namespace, settings: Settings) -> int:
 
     text = Path(args.file).read_text()
     try:
-        parse_rules(text, source=args.file, params=_params(settings))
+        parse_rules(text, source=args.file, params=settings.rule_params())
     except RulesInvalid as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -94,15 +94,14 @@ class Pipeline:
         # One metric detector per input partition (series are keyed by host/metric, so a
         # series lives in one partition), snapshotted to files and restored with it.
         self._metric_scorers: dict[int, MetricScorer] = {}
-        self.snapshots = SnapshotStore(m.snapshot_dir)
+        self.snapshots = SnapshotStore(m.snapshot_dir or settings.service.state_dir / "models")
         self.snapshot_interval_s = m.snapshot_interval_s
         self._learned: dict[str, int] = {}        # "stream:partition" -> last offset in a model
         self._snapshot_due: dict[str, float] = {}
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
         # Alert rules from YAML (agents/rules.py), reloaded on change and from the rules topic.
         self.rules_source = RulesSource(
-            a.rules_path, params={"score_threshold": a.score_threshold,
-                                  "anomaly_threshold": m.anomaly_threshold},
+            a.rules_path, params=settings.rule_params(),
             bootstrap=bootstrap, topic=RULES, reload_s=a.rules_reload_s)
         self.alerts = AlertEngine(self.rules_source.initial(), dashboard_url=a.dashboard_url,
                                   grace_ms=m.window_grace_ms)

@@ -97,8 +97,9 @@ class ModelSettings(BaseSettings):
     window_size_ms: int = 60_000
     window_grace_ms: int = 10_000
     # Model snapshots (agents/snapshot.py): a directory, shared storage when workers run on
-    # several hosts; written at most this often per model and partition.
-    snapshot_dir: Path = Path("var/state/models")
+    # several hosts (default: <RISKSTREAM_STATE_DIR>/models); written at most this often per
+    # model and partition.
+    snapshot_dir: Path | None = None
     snapshot_interval_s: float = Field(60.0, gt=0)
 
 
@@ -180,3 +181,8 @@ class Settings:
     @cached_property
     def service(self) -> ServiceSettings:
         return ServiceSettings()
+
+    def rule_params(self) -> dict[str, float]:
+        """Values an alert rule may name as ``value: $name`` in the rules file."""
+        return {"score_threshold": self.alert.score_threshold,
+                "anomaly_threshold": self.model.anomaly_threshold}

@@ -77,7 +77,7 @@ def channels_from(settings: Settings) -> list:
 
 def _routes(settings: Settings) -> RuleSet:
     try:
-        return load_rules(settings.alert.rules_path)
+        return load_rules(settings.alert.rules_path, params=settings.rule_params())
     except RulesInvalid as exc:
         log.error("rules file invalid, every channel gets every alert:\n%s", exc)
         return RuleSet()

@@ -18,8 +18,9 @@ import orjson
 from confluent_kafka import Producer
 
 from pipelines.kafka import producer_config
+from schemas.outputs import SCHEMA_OF_TOPIC
 from pipelines.topics import (
-    AGGREGATES, ALERTS, DEAD_LETTER, METRIC_ANOMALIES, METRIC_SAMPLES, SCORED_APPLICATIONS,
+    AGGREGATES, ALERT_DELIVERIES, ALERTS, DEAD_LETTER, MODEL_QUALITY, METRIC_ANOMALIES, METRIC_SAMPLES, SCORED_APPLICATIONS,
     SCORED_TRANSACTIONS,
 )
 
@@ -35,6 +36,8 @@ ID_COLUMN = {
     METRIC_ANOMALIES: "event_id",
     AGGREGATES: "aggregate_id",
     ALERTS: "alert_id",
+    ALERT_DELIVERIES: "delivery_id",
+    MODEL_QUALITY: "n",  # the factory numbers its rows through n
     DEAD_LETTER: "event_id",
 }
 
@@ -77,6 +80,16 @@ def make_record(topic: str, n: int = 0, *, time_ms: int = T0_MS, **overrides: An
                   "stream": "transactions", "entity": "card-1", "event_id": f"txn-{n}",
                   "event_time": time_ms, "value": 0.97, "threshold": 0.9,
                   "summary": "card card-1: fraud score 0.97 >= 0.90", "created_at": time_ms}
+    elif topic == ALERT_DELIVERIES:
+        record = {"delivery_id": f"alert-{n}:webhook:1", "alert_id": f"alert-{n}",
+                  "channel": "webhook", "outcome": "delivered", "attempt": 1,
+                  "status_code": 204, "error": None, "latency_ms": 12.5,
+                  "delivered_at": time_ms}
+    elif topic == MODEL_QUALITY:
+        record = {"model_version": "txn-v1", "stream": "transactions", "role": "champion",
+                  "window_end": time_ms, "n": 1000 + n, "positives": 12, "roc_auc": 0.91,
+                  "average_precision": 0.7, "precision_at_review": 0.5,
+                  "recall_at_review": 0.6, "computed_at": time_ms}
     elif topic == DEAD_LETTER:
         record = {"source_topic": "transactions", "source_partition": n % 4, "source_offset": n,
                   "key": "card-1", "kind": "schema", "reason": "amount: must be > 0, got -12.5",
@@ -84,6 +97,8 @@ def make_record(topic: str, n: int = 0, *, time_ms: int = T0_MS, **overrides: An
                   "received_at": time_ms}
     else:
         raise ValueError(f"not an output topic: {topic}")
+    # Every column of the table, in schema order (optional ones null unless set above).
+    record = {name: record.get(name) for name in SCHEMA_OF_TOPIC[topic].names}
     record.update(overrides)
     return record
 

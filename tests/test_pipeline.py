@@ -26,7 +26,8 @@ from sinks.clickhouse import query_rows
 
 pytestmark = pytest.mark.integration
 
-N_TXN, N_APP, N_MET = 2_000, 200, 300
+N_TXN, N_APP, N_MET = 2_000, 200, 400
+SPIKE = 350
 SSN = "219-09-9999"
 LEGAL_NAME = "Zebulon Quixote Marchbanks"
 
@@ -79,8 +80,9 @@ def produce_inputs(bootstrap: str) -> dict:
         send("applications", event["applicant_id"], orjson.dumps(event))
         expected["app"].append(event["event_id"])
     for i in range(N_MET):
-        # 40 quiet samples, then one spike on web-1/cpu: the anomaly rule must fire.
-        value = 95.0 if i == 250 else 40.0 + (i % 5)
+        # Quiet samples past the detector's warm-up, then one spike on web-1/cpu: the anomaly
+        # rule must fire.
+        value = 95.0 if i == SPIKE else 40.0 + (i % 5)
         event = make_metric(now_ms=t0 + i * 1000, event_id=f"met-{i}", value=value)
         send("system-metrics", "web-1/cpu", orjson.dumps(event))
         expected["met"].append(event["event_id"])
@@ -129,7 +131,8 @@ def run(tmp_path_factory):
 
             try:
                 wait_until(landed, timeout_s=120, what="every event in the lake")
-                wait_until(lambda: receiver.bodies, timeout_s=30, what="an alert at the receiver")
+                wait_until(lambda: any(a.get("event_id") == f"met-{SPIKE}" for a in receiver.bodies),
+                           timeout_s=60, what="the spike's alert at the receiver")
             except AssertionError:
                 for p in procs:
                     print(f"---- {p.args[0]} log ----\n{p.log()[-4000:]}")
@@ -170,7 +173,7 @@ def test_every_invalid_event_is_in_dead_letter_with_its_reason(run):
 
 def test_alerts_reach_the_webhook_and_the_lake(run):
     receiver = run["receiver"]
-    spike = [a for a in receiver.bodies if a.get("event_id") == "met-250"]
+    spike = [a for a in receiver.bodies if a.get("event_id") == f"met-{SPIKE}"]
     assert spike and spike[0]["rule"] == "metric_anomaly"
     ids = [a["alert_id"] for a in receiver.bodies]
     assert len(ids) == len(set(ids))
