@@ -220,7 +220,8 @@ class Gateway:
         try:
             while not stop.is_set():
                 metrics.ALIVE.labels("gateway").set_to_current_time()
-                messages = self._consumer.consume(consume_batch, timeout=0.5)
+                messages = self._consumer.consume(consume_batch,
+                                                  timeout=self.settings.kafka.consume_wait_s)
                 if not messages:
                     continue
                 with metrics.BATCH_SECONDS.labels("gateway").time():

@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -217,38 +218,54 @@ class Pipeline:
 
     def score_batch(self, stream: str, events: list[dict], agg: WindowAggregator,
                     partition: int = 0) -> None:
+        """Score a batch of one input partition: outputs, windows, alerts, metrics.
+
+        The hot path: one loop per stream, metric children looked up once per batch.
+        """
         now = _now_ms()
-        for event in events:
-            if stream == TRANSACTIONS:
-                record = self.transactions.score_record(event, now)
-                self.outputs.send(SCORED_TRANSACTIONS, event["card_id"], _strip(record))
-                late = not agg.add(event["merchant_id"], event["event_time"], event["amount"],
-                                   record["score"])
-                self._alert(stream, record, event["card_id"], now)
-                metrics.DECISIONS.labels(stream, record["decision"]).inc()
-            elif stream == APPLICATIONS:
-                record = self.applications.score_record(event, now)
-                self.outputs.send(SCORED_APPLICATIONS, event["applicant_id"], _strip(record))
-                late = not agg.add(event["product"], event["event_time"],
-                                   event["requested_amount"], record["score"])
-                self._alert(stream, record, event["applicant_id"], now)
-                metrics.DECISIONS.labels(stream, record["decision"]).inc()
-            else:
-                record = self.metric_scorer(partition).score_record(event, now)
+        send, alert, add = self.outputs.send, self._alert, agg.add
+        observe = metrics.SCORES.labels(stream).observe
+        decisions: Counter[str] = Counter()
+        late = 0
+        if stream == TRANSACTIONS:
+            score = self.transactions.score_record
+            for event in events:
+                record = score(event, now)
+                send(SCORED_TRANSACTIONS, event["card_id"], _strip(record))
+                late += not add(event["merchant_id"], event["event_time"], event["amount"],
+                                record["score"])
+                alert(stream, record, event["card_id"], now)
+                decisions[record["decision"]] += 1
+                observe(record["score"])
+        elif stream == APPLICATIONS:
+            score = self.applications.score_record
+            for event in events:
+                record = score(event, now)
+                send(SCORED_APPLICATIONS, event["applicant_id"], _strip(record))
+                late += not add(event["product"], event["event_time"], event["requested_amount"],
+                                record["score"])
+                alert(stream, record, event["applicant_id"], now)
+                decisions[record["decision"]] += 1
+                observe(record["score"])
+        else:
+            score = self.metric_scorer(partition).score_record
+            for event in events:
+                record = score(event, now)
                 series = f"{event['host']}/{event['metric']}"
-                self.outputs.send(METRIC_SAMPLES, series, _strip(record))
+                send(METRIC_SAMPLES, series, _strip(record))
                 if record["score"] >= self.anomaly_threshold:
-                    self.outputs.send(METRIC_ANOMALIES, series, _strip(record))
-                late = not agg.add(series, event["event_time"], event["value"], record["score"])
-                self._alert(stream, record, series, now)
-            if late:
-                metrics.LATE.labels(stream).inc()
-            metrics.SCORES.labels(stream).observe(record["score"])
-        metrics.SCORED.labels(stream).inc(len(events))
-        if stream == SYSTEM_METRICS:
+                    send(METRIC_ANOMALIES, series, record)
+                late += not add(series, event["event_time"], event["value"], record["score"])
+                alert(stream, record, series, now)
+                observe(record["score"])
             self._silences(partition, agg.max_event_ms, now)
+        for decision, n in decisions.items():
+            metrics.DECISIONS.labels(stream, decision).inc(n)
+        if late:
+            metrics.LATE.labels(stream).inc(late)
+        metrics.SCORED.labels(stream).inc(len(events))
         for window in agg.pop_closed(now):
-            self.outputs.send(AGGREGATES, window["group_key"], window)
+            send(AGGREGATES, window["group_key"], window)
             metrics.AGGREGATES.labels(stream).inc()
         self._alert_tick(stream, now)
 

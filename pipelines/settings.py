@@ -23,6 +23,9 @@ class KafkaSettings(BaseSettings):
     session_timeout_s: float = 8.0
     # Batch read size of the confluent-kafka loops (validation gateway, sink).
     consume_batch: int = Field(2000, ge=1)
+    # How long a batch read waits to fill: it returns early once `consume_batch` messages are
+    # there, so under load batches are full and at low rates latency stays ~this long.
+    consume_wait_s: float = Field(0.05, gt=0)
 
 
 class ValidationSettings(BaseSettings):
