@@ -575,7 +575,7 @@ def _fmt(v: float) -> str:
     return f"{v:.2g}"
 
 
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def _nice_ticks(lo: float, hi: float, n: int = 5, min_step: float = 0.0) -> list[float]:
     """About ``n`` round tick values covering ``[lo, hi]``.
 
     Examples
@@ -587,7 +587,7 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
         hi = lo + 1
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    step = max(min_step, next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw))
     start = math.floor(lo / step) * step
     ticks = []
     v = start
@@ -601,11 +601,14 @@ class _Frame:
     """Plot area with a linear x (ms or index) and y scale, and the SVG around it."""
 
     def __init__(self, title: str, x_lo: float, x_hi: float, y_hi: float, y_label: str,
-                 y_lo: float = 0.0, width: int = W, height: int = H) -> None:
+                 y_lo: float = 0.0, width: int = W, height: int = H,
+                 counts: bool = False) -> None:
         self.w, self.h = width, height
         self.title = title
         self.x_lo, self.x_hi = x_lo, x_hi if x_hi > x_lo else x_lo + 1
-        self.yticks = _nice_ticks(y_lo, y_hi if y_hi > y_lo else y_lo + 1)
+        # Counts get whole-number ticks (no "0.2 alerts per hour").
+        self.yticks = _nice_ticks(y_lo, y_hi if y_hi > y_lo else y_lo + 1,
+                                  min_step=1.0 if counts else 0.0)
         self.y_lo, self.y_hi = self.yticks[0], self.yticks[-1]
         self.y_label = y_label
         self.parts: list[str] = []
@@ -736,7 +739,8 @@ def stacked_bars(chart_id: str, title: str, t: list[int], stacks: list[tuple[str
                  y_label: str, step_ms: int) -> str:
     totals = [sum(s[1][i] for s in stacks) for i in range(len(t))]
     end = (t[-1] + step_ms) if t else 1
-    frame = _Frame(title, t[0] if t else 0, end, max(totals, default=1) or 1, y_label)
+    frame = _Frame(title, t[0] if t else 0, end, max(totals, default=1) or 1, y_label,
+                   counts=True)
     ticks, x_label = _time_ticks(t[0] if t else 0, end)
     frame.axes(ticks, x_label)
     width = max(1.0, frame.x(step_ms) - frame.x(0) - 0.6) if t else 1
@@ -818,7 +822,7 @@ def heatmap(chart_id: str, title: str, rows: list[str], cols: list[str],
     cell_w = max(60, min(110, (W - 150) // max(1, len(cols))))
     cell_h = 24
     left, top = 150, M_TOP + 28
-    width = left + cell_w * len(cols) + 20
+    width = max(560, left + cell_w * len(cols) + 20)
     height = top + cell_h * len(rows) + 36
     hi = max(cells.values(), default=0) or 1
     parts = [f'<text x="{left + cell_w * c + cell_w / 2}" y="{top - 8}" text-anchor="middle" '
@@ -1085,7 +1089,8 @@ def render_html(data: dict) -> str:
     tx, app = cur["transactions"], cur["applications"]
 
     def tile(label: str, value: str, delta: str) -> str:
-        return f'<div class="tile"><div class="l">{label}</div><div class="v">{value}</div>{delta}</div>'
+        return (f'<div class="tile"><div class="l">{label}</div><div class="v">{value}</div>'
+                f'{delta}</div>')
 
     def rate(d: dict) -> float:
         return d["decline"] / d["n"] if d["n"] else 0.0
@@ -1181,7 +1186,9 @@ def render_html(data: dict) -> str:
          _figure(charts.get("model_quality"), "Computed on delayed labels (champion and "
                  "challenger).", "no data yet: model quality appears once delayed labels "
                  "have been evaluated (table model_quality)")
-         + (_table(mq[-20:]) if mq else "")),
+         + (_table([{"time": _iso(r["t"])[:16].replace("T", " "),
+                     **{k: v for k, v in r.items() if k != "t"}} for r in mq[-20:]])
+            if mq else "")),
         ("top", "Top merchants, cards and hosts",
          "<h3>Merchants by declines</h3>" + _table(data["top"]["merchants"])
          + "<h3>Cards by declines</h3>" + _table(data["top"]["cards"])

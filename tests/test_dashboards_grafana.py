@@ -28,7 +28,8 @@ FROM_S, TO_S = NOW_S - 6 * 3600, NOW_S + 60
 
 
 def _dashboards() -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted((GRAFANA / "dashboards").glob("*.json"))}
+    return {p.name: json.loads(p.read_text())
+            for p in sorted((GRAFANA / "dashboards").glob("*.json"))}
 
 
 def _clickhouse_queries() -> list[tuple[str, str, str]]:
