@@ -61,7 +61,7 @@ class _Scorer:
     def __init__(self, *, seed: int = 42, min_labels: int = 50, max_pending: int = 2_000_000,
                  label_ttl_s: float = 30 * 86_400, review_at: float = 0.7,
                  decline_at: float = 0.9, alert_share: float = 0.005,
-                 negative_rate: float = 0.1, learning_rate: float = 0.003,
+                 negative_rate: float = 0.1, learning_rate: float = 0.001,
                  n_reasons: int = 3) -> None:
         if not 0.0 < negative_rate <= 1.0:
             raise ValueError(f"negative_rate: must be in (0, 1], got {negative_rate!r}")

@@ -41,7 +41,7 @@ AMOUNT_BANDS = (4.0, 4.25, 4.5, 4.75, 5.0, 5.25, 5.5, 5.75, 6.0, 6.25)
 # A merchant's fraud episode: known frauds no more than EPISODE_GAP_MS apart (event time).
 # Its age, in weekly bands, lets the model learn how long episodes last.
 EPISODE_GAP_MS = 7 * DAY_MS
-EPISODE_BANDS_D = (7, 14, 21, 28, 35)
+EPISODE_BANDS_D = (7, 14, 21, 24, 27, 30, 35)
 # The indicator vectors, precomputed: _AMOUNT_ONES[k] has the first k bands set.
 _AMOUNT_ONES = tuple(tuple(1.0 if i < k else 0.0 for i in range(len(AMOUNT_BANDS)))
                      for k in range(len(AMOUNT_BANDS) + 1))
@@ -70,7 +70,7 @@ TX_FEATURES: tuple[str, ...] = (
     "merchant_fraud_1d", "merchant_fraud_7d",
     *(f"merchant_episode_{lo}d" for lo in (0, *EPISODE_BANDS_D)),
     *(f"amount_band_{b}" for b in AMOUNT_BANDS),
-    "card_known_fraud", "card_fraud_recent",
+    "card_known_fraud", "card_fraud_recent", "card_fraud_x_amount_z",
     "declined", "ecom", "night", "weekend",
 )
 
@@ -95,6 +95,7 @@ TX_REASON_OF: dict[str, str] = {
     "merchant_risk_1d": "merchant_fraud_risk", "merchant_risk_7d": "merchant_fraud_risk",
     "merchant_risk_30d": "merchant_fraud_risk",
     "card_known_fraud": "card_recent_fraud", "card_fraud_recent": "card_recent_fraud",
+    "card_fraud_x_amount_z": "card_recent_fraud",
     "declined": "declined", "ecom": "card_not_present", "night": "night_time",
     "weekend": "weekend", "detector_rank": "anomalous_pattern",
 }
@@ -301,6 +302,8 @@ class TransactionFeatures:
             mf1, mf7, *episode,
             *_AMOUNT_ONES[bisect_left(AMOUNT_BANDS, la)],
             _log1p(f_n), fraud_recent,
+            # a card with known fraud is suspect when it spends unusually, not otherwise
+            fraud_recent * (zl if zl > 0.0 else 0.0),
             0.0 if event.get("status", "approved") == "approved" else 1.0,
             1.0 if channel == "ecom" or channel == "moto" else 0.0,
             1.0 if hour < 6 else 0.0,
