@@ -21,12 +21,14 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/riskstream up
 
-# Chromium renders the live dashboard and the report in tests (skipped, with a message, where it
-# cannot be found). Best effort: a machine without apt (or without root) just skips those tests.
+# Real receivers from Debian's packages: Chromium renders the live dashboard and the report,
+# Alertmanager receives alerts. Best effort: where they cannot be installed (no apt, no root)
+# their tests are skipped with a message.
 test: $(STAMP)
-	-@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
-	  echo "chromium not installed: the browser tests will be skipped"
+	-@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && \
+	  command -v prometheus-alertmanager >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq chromium prometheus-alertmanager) >/dev/null 2>&1; } || \
+	  echo "chromium/alertmanager not installed: their tests will be skipped"
 	$(BIN)/python -m pytest -q
 
 clean:
