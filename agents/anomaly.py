@@ -3,11 +3,13 @@
 How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sample):
 
 1. **Forecasts.** A robust level (an exponentially weighted mean updated with *clipped*
-   residuals, so an outlier moves it by at most a few noise units) and, once a day of data has
-   been seen, a seasonal profile (per time-of-day bin, the same clipped update across days).
-   Each keeps the EW mean absolute error (MAE) of its forecasts. The seasonal forecast is used
-   only where its long-run error is clearly (20 %) below the level's (daily patterns and square
-   waves are then predicted rather than flagged).
+   residuals, so an outlier moves it by at most a few noise units) and two seasonal profiles,
+   a day and a week (per phase bin, the same clipped update across periods; each forecasts once
+   a period of data has been seen). Each keeps the EW mean absolute error (MAE) of its
+   forecasts. A more detailed forecast (level < day < week) is used only where its long-run
+   error is clearly (20 %) below the current one's, and only once it has forecast half a
+   period (daily patterns, square waves and weekday/weekend patterns are then predicted rather
+   than flagged).
 2. **Raw surprise.** Each forecast's residual in MAE units, capped at ``RAW_CAP`` and scaled to
    [0, 1].
 3. **Anomaly likelihood** (Numenta's, as in HTM's NAB detector): the mean of the last
@@ -15,7 +17,7 @@ How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sam
    ~``long_window`` samples) of that same mean in the series' history; the Gaussian tail
    probability ``p`` of the current mean gives ``score = log(p + 1e-10) / log(1e-10)`` (0.5
    at p = 1e-5, 0.9 at p = 1e-9). A series is judged against its *own* normal variability of
-   surprise: noisy series need a longer or larger excursion than quiet ones. With the seasonal
+   surprise: noisy series need a longer or larger excursion than quiet ones. With a seasonal
    profile in use, the likelihood of its surprise is the score.
 4. **Out of range.** A value beyond everything the series has shown (its min/max, widened by
    ``range_tolerance`` of the range and by one MAE) scores 1.
@@ -31,7 +33,8 @@ and the value lies half the series' historical span beyond its historical range)
 :meth:`MetricScorer.silent_series`).
 
 Limits: scores are 0 for the first ``warmup`` samples of a new series (no alarm storm on
-first sight); seasonality needs one day of data and a sampling interval of 2 hours or less.
+first sight); daily seasonality needs 1.5 days of data and a sampling interval of 2 hours or
+less, weekly seasonality 1.5 weeks and an interval of 14 hours or less.
 """
 
 from __future__ import annotations
@@ -56,19 +59,21 @@ SELECT_ALPHA = 0.002
 _TINY = 1e-10
 _LOG_TINY = math.log(_TINY)
 _SQRT2 = math.sqrt(2.0)
-STATE_VERSION = 2
+STATE_VERSION = 3
+# The seasonal periods tried: a day and a week.
+PERIODS_MS = (DAY_MS, 7 * DAY_MS)
 
 
 class _Series:
     """The detector state of one series; plain floats so that it serialises to JSON."""
 
     __slots__ = (
-        "n", "t_first", "t_last", "dt_ew", "level", "mae", "season", "s_mae", "s_n", "seasonal",
-        "s_sel", "l_sel", "bin_ms", "zs", "side_run", "last_value", "repeats", "longest_run",
+        "n", "t_first", "t_last", "dt_ew", "level", "mae", "profiles", "mode",
+        "l_sel", "zs", "side_run", "last_value", "repeats", "longest_run",
         "vmin", "vmax", "silent_reported", "jump", "hold",
-        "l_buf", "l_sum", "l_mean", "l_var", "s_buf", "s_sum", "s_mean", "s_var", "s_seen",
+        "l_buf", "l_sum", "l_mean", "l_var",
     )
-    _ARRAYS = ("season", "l_buf", "s_buf")
+    _ARRAYS = ("l_buf",)
 
     def __init__(self, short_window: int = 10) -> None:
         self.n = 0
@@ -77,13 +82,9 @@ class _Series:
         self.dt_ew = 0.0
         self.level = 0.0
         self.mae = 0.0
-        self.season: array | None = None
-        self.s_mae = 0.0
-        self.s_n = 0
-        self.seasonal = False
-        self.s_sel = 0.0
+        self.profiles: list[_Profile] | None = None
+        self.mode = -1  # -1: the level forecast; i: profiles[i]
         self.l_sel = 0.0
-        self.bin_ms = 0
         self.zs = 0.0
         self.side_run = 0
         self.last_value = 0.0
@@ -100,14 +101,12 @@ class _Series:
         self.l_sum = 0.0
         self.l_mean = 0.0
         self.l_var = 0.0
-        self.s_buf: array | None = array("d", [0.0]) * short_window
-        self.s_sum = 0.0
-        self.s_mean = 0.0
-        self.s_var = 0.0
-        self.s_seen = 0
 
     def to_state(self) -> dict:
-        state = {k: getattr(self, k) for k in self.__slots__ if k not in self._ARRAYS}
+        state = {k: getattr(self, k) for k in self.__slots__
+                 if k not in self._ARRAYS and k != "profiles"}
+        state["profiles"] = None if self.profiles is None else [
+            p.to_state() for p in self.profiles]
         for k in self._ARRAYS:
             a = getattr(self, k)
             state[k] = None if a is None else [None if v != v else v for v in a]
@@ -117,13 +116,50 @@ class _Series:
     def from_state(cls, state: dict) -> _Series:
         s = cls()
         for k in cls.__slots__:
-            if k not in cls._ARRAYS:
+            if k not in cls._ARRAYS and k != "profiles":
                 setattr(s, k, state[k])
+        s.profiles = None if state["profiles"] is None else [
+            _Profile.from_state(p) for p in state["profiles"]]
         for k in cls._ARRAYS:
             a = state[k]
             setattr(s, k, None if a is None else array(
                 "d", [math.nan if v is None else v for v in a]))
         return s
+
+
+class _Profile:
+    """One seasonal profile (a period: a day or a week) of a series: per phase bin, the
+    clipped mean across periods, with its error and the likelihood of its surprise."""
+
+    __slots__ = ("bin_ms", "vals", "mae", "n", "sel", "buf", "sum", "mean", "var", "seen", "z")
+
+    def __init__(self, bin_ms: int = 0, bins: int = 0, short_window: int = 10) -> None:
+        self.bin_ms = bin_ms
+        self.vals = array("d", [math.nan]) * bins
+        self.mae = 0.0
+        self.n = 0
+        self.sel = 0.0
+        self.buf = array("d", [0.0]) * short_window
+        self.sum = 0.0
+        self.mean = 0.0
+        self.var = 0.0
+        self.seen = 0
+        self.z = 0.0
+
+    def to_state(self) -> dict:
+        state = {k: getattr(self, k) for k in self.__slots__}
+        state["vals"] = [None if v != v else v for v in self.vals]
+        state["buf"] = list(self.buf)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> _Profile:
+        p = cls()
+        for k in cls.__slots__:
+            setattr(p, k, state[k])
+        p.vals = array("d", [math.nan if v is None else v for v in state["vals"]])
+        p.buf = array("d", state["buf"])
+        return p
 
 
 def _log_likelihood(z: float) -> float:
@@ -150,8 +186,9 @@ class MetricScorer:
         Weight of a new sample in the robust level: 0.05 is a ~20-sample memory, short enough
         to follow slow trends, long enough to average noise out.
     season_alpha
-        Weight of a new day in a time-of-day bin: 0.5 halves the influence of any one day, so a
-        one-day incident leaves only a clipped trace on the next day's forecast.
+        Weight of a new period in a phase bin of a seasonal profile: 0.5 halves the influence of
+        any one day (week), so a one-day incident leaves only a clipped trace on the next
+        period's forecast.
     error_alpha
         Memory of the forecast errors (0.02: ~50 samples) that scale the residuals.
     shift_alpha
@@ -181,7 +218,7 @@ class MetricScorer:
         and :meth:`silent_series` drops series silent for longer than ``evict_after_ms``.
     """
 
-    model_version = "metric-likelihood-v2"
+    model_version = "metric-likelihood-v3"
 
     def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 300,
                  level_alpha: float = 0.05, season_alpha: float = 0.5,
@@ -265,46 +302,67 @@ class MetricScorer:
         else:
             s.l_mean += la * d
             s.l_var = (1.0 - la) * (s.l_var + la * d * d)
-        # ---- the seasonal forecast and its likelihood
-        season = s.season
-        e_season = None
-        if season is None and n >= 16 and s.dt_ew > 0.0:
+        # ---- the seasonal forecasts (a day, a week) and their likelihoods
+        profiles = s.profiles
+        if profiles is None and n >= 16 and s.dt_ew > 0.0:
             # fix the bin width once: the sampling interval, at least 5 min (<= 288 bins a day)
             bin_ms = max(300_000, int(s.dt_ew))
-            if DAY_MS // bin_ms >= 12:
-                s.bin_ms = bin_ms
-                season = s.season = array("d", [math.nan]) * (DAY_MS // bin_ms)
-        if season is not None:
-            b = (t // s.bin_ms) % len(season)
-            sv = season[b]
-            if sv == sv:  # filled
-                e_season = x - sv
-                smae = s.s_mae if s.s_mae > scale_floor else scale_floor
-                us_ = abs(e_season) / smae
-                rs = (us_ if us_ < RAW_CAP else RAW_CAP) / RAW_CAP
-                sbuf = s.s_buf
-                slot = s.s_seen % k
-                s.s_sum += rs - sbuf[slot]
-                sbuf[slot] = rs
-                sshort = s.s_sum / k
-                sstd = math.sqrt(s.s_var)
-                zsea = (sshort - s.s_mean) / (sstd if sstd > MIN_STD else MIN_STD)
-                d = sshort - s.s_mean
-                if s.s_seen == 0:
-                    s.s_mean = sshort
+            profiles = [_Profile(bin_ms, period // bin_ms, k) for period in PERIODS_MS
+                        if period // bin_ms >= 12]
+            s.profiles = profiles
+        errs = None
+        if profiles:
+            errs = []
+            ea = self.error_alpha
+            for p in profiles:
+                vals = p.vals
+                b = (t // p.bin_ms) % len(vals)
+                sv = vals[b]
+                if sv != sv:  # not filled yet
+                    errs.append((b, None))
+                    continue
+                e = x - sv
+                errs.append((b, e))
+                pm = p.mae if p.mae > scale_floor else scale_floor
+                up = abs(e) / pm
+                rs = (up if up < RAW_CAP else RAW_CAP) / RAW_CAP
+                pbuf = p.buf
+                slot = p.seen % k
+                p.sum += rs - pbuf[slot]
+                pbuf[slot] = rs
+                pshort = p.sum / k
+                pstd = math.sqrt(p.var)
+                p.z = (pshort - p.mean) / (pstd if pstd > MIN_STD else MIN_STD)
+                d = pshort - p.mean
+                if p.seen == 0:
+                    p.mean = pshort
                 else:
-                    s.s_mean += la * d
-                    s.s_var = (1.0 - la) * (s.s_var + la * d * d)
-                s.s_seen += 1
-                # hysteresis: the seasonal forecast takes over when clearly better (20 % less
-                # error), and hands back only when worse, so noisy series do not flap
-                if s.s_n * self.error_alpha >= 1.0:
-                    s.seasonal = s.s_sel < (s.l_sel if s.seasonal else SWITCH_GAIN * s.l_sel)
-                if s.seasonal:
-                    expected, scale = sv, smae
-                    z = e_season / smae
-                    u = abs(z)
-                    zl = zsea
+                    p.mean += la * d
+                    p.var = (1.0 - la) * (p.var + la * d * d)
+                p.seen += 1
+            # hysteresis: a more detailed forecast (level < day < week) takes over when clearly
+            # better (20 % less error), a simpler one whenever it is no worse; a profile is a
+            # candidate once it has forecast half a period (its error is then a fair mean)
+            mode = s.mode
+            cur = s.l_sel if mode < 0 else profiles[mode].sel
+            best, best_cost = mode, cur
+            if mode >= 0 and s.l_sel <= best_cost:
+                best, best_cost = -1, s.l_sel
+            for i, p in enumerate(profiles):
+                if i == mode or errs[i][1] is None or 2 * p.n < len(p.vals):
+                    continue
+                cost = p.sel / SWITCH_GAIN if i > mode else p.sel
+                if cost < best_cost:
+                    best, best_cost = i, cost
+            s.mode = best
+            if best >= 0 and errs[best][1] is not None:
+                p = profiles[best]
+                e = errs[best][1]
+                pm = p.mae if p.mae > scale_floor else scale_floor
+                expected, scale = x - e, pm
+                z = e / pm
+                u = abs(z)
+                zl = p.z
         # ---- score: the likelihood, out of range, warm-up, suppression
         thr = self.anomaly_threshold
         score = _log_likelihood(zl)
@@ -373,24 +431,28 @@ class MetricScorer:
             s.mae += (ael - s.mae) / n
         else:
             s.mae += ea * ((ael if ael < clip * mae else clip * mae) - s.mae)
-        if season is not None:
-            if e_season is None:
-                season[b] = x
-            else:
-                smae = s.s_mae if s.s_mae > scale_floor else scale_floor
-                aes = abs(e_season)
-                s.s_n += 1
+        if errs is not None:
+            l_upd = False
+            for p, (b, e) in zip(profiles, errs):
+                vals = p.vals
+                if e is None:
+                    vals[b] = x
+                    continue
+                pm = p.mae if p.mae > scale_floor else scale_floor
+                ae = abs(e)
+                p.n += 1
                 # selection errors: unclipped (a forecast's failures are the point) and long
-                # (~1 / SELECT_ALPHA samples, so twice-a-day failures are remembered)
-                s.s_sel += SELECT_ALPHA * (aes - s.s_sel) if s.s_n > 1 else aes
-                s.l_sel += SELECT_ALPHA * (ael - s.l_sel)
-                if s.s_n * ea < 1.0:
-                    s.s_mae += (aes - s.s_mae) / s.s_n
+                # (~1 / SELECT_ALPHA samples, so twice-a-period failures are remembered)
+                p.sel += SELECT_ALPHA * (ae - p.sel) if p.n > 1 else ae
+                l_upd = True
+                if p.n * ea < 1.0:
+                    p.mae += (ae - p.mae) / p.n
                 else:
-                    s.s_mae += ea * ((aes if aes < clip * smae else clip * smae) - s.s_mae)
-                es = e_season if -clip * smae <= e_season <= clip * smae else (
-                    clip * smae if e_season > 0 else -clip * smae)
-                season[b] = season[b] + self.season_alpha * es
+                    p.mae += ea * ((ae if ae < clip * pm else clip * pm) - p.mae)
+                es = e if -clip * pm <= e <= clip * pm else (clip * pm if e > 0 else -clip * pm)
+                vals[b] = vals[b] + self.season_alpha * es
+            if l_upd:
+                s.l_sel += SELECT_ALPHA * (ael - s.l_sel)
         zc = z if -clip <= z <= clip else (clip if z > 0 else -clip)
         s.jump = zc if u >= clip else s.jump * 0.8
         s.last_value = x

@@ -155,3 +155,21 @@ def test_one_alarm_per_incident_then_the_series_is_held_quiet():
     again = scorer.score_record(sample(551, 140.0), T0)             # a new incident after it
     assert again["score"] >= 0.9
 
+
+
+def test_weekly_pattern_is_predicted_and_a_weekend_like_weekday_flagged():
+    # 5 weekdays with a daily cycle, then 2 quiet weekend days; a later Monday stays quiet
+    rng = random.Random(12)
+
+    def value(i: int, quiet: bool) -> float:
+        base = 20.0 if quiet else 50.0 + 20.0 * math.sin(2 * math.pi * (i % DAY) / DAY)
+        return base + rng.gauss(0, 1.0)
+
+    week = 7 * DAY
+    values = [value(i, (i % week) >= 5 * DAY) for i in range(3 * week)]
+    scorer = MetricScorer()
+    records = run(scorer, values)
+    assert max(r["score"] for r in records[2 * week:]) < 0.9       # weekends expected by then
+    assert scorer._series["h1/cpu"].mode == 1                      # the weekly profile in use
+    monday = run(scorer, [value(i, True) for i in range(DAY)], start=3 * week)
+    assert max(r["score"] for r in monday) >= 0.9                  # a quiet weekday is not
