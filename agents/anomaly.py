@@ -18,7 +18,9 @@ How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sam
    probability ``p`` of the current mean gives ``score = log(p + 1e-10) / log(1e-10)`` (0.5
    at p = 1e-5, 0.9 at p = 1e-9). A series is judged against its *own* normal variability of
    surprise: noisy series need a longer or larger excursion than quiet ones. With a seasonal
-   profile in use, the likelihood of its surprise is the score.
+   profile in use, the likelihood of its surprise is the score. A second, slower time scale
+   (an EW mean of the surprise over ~``slow_window`` samples, judged the same way) is
+   max-combined with it.
 4. **Out of range.** A value beyond everything the series has shown (its min/max, widened by
    ``range_tolerance`` of the range and by one MAE) scores 1.
 5. **One alarm per anomaly.** After a score reaches ``anomaly_threshold``, the series' scores
@@ -59,7 +61,7 @@ SELECT_ALPHA = 0.002
 _TINY = 1e-10
 _LOG_TINY = math.log(_TINY)
 _SQRT2 = math.sqrt(2.0)
-STATE_VERSION = 3
+STATE_VERSION = 4
 # The seasonal periods tried: a day and a week.
 PERIODS_MS = (DAY_MS, 7 * DAY_MS)
 
@@ -71,7 +73,7 @@ class _Series:
         "n", "t_first", "t_last", "dt_ew", "level", "mae", "profiles", "mode",
         "l_sel", "zs", "side_run", "last_value", "repeats", "longest_run",
         "vmin", "vmax", "silent_reported", "jump", "hold",
-        "l_buf", "l_sum", "l_mean", "l_var",
+        "l_buf", "l_sum", "l_mean", "l_var", "m_ew", "m_mean", "m_var",
     )
     _ARRAYS = ("l_buf",)
 
@@ -101,6 +103,10 @@ class _Series:
         self.l_sum = 0.0
         self.l_mean = 0.0
         self.l_var = 0.0
+        # the slower time scale: the EW mean of the surprise in use, and its EW mean / variance
+        self.m_ew = 0.0
+        self.m_mean = 0.0
+        self.m_var = 0.0
 
     def to_state(self) -> dict:
         state = {k: getattr(self, k) for k in self.__slots__
@@ -198,6 +204,11 @@ class MetricScorer:
         The anomaly likelihood: the mean of the last ``short_window`` raw surprises against
         the distribution of that mean over ~``long_window`` samples (Numenta: 10 and a few
         thousand).
+    slow_window
+        A second, slower time scale of the likelihood: the EW mean (span ``slow_window``) of
+        the surprise of the forecast in use, against its own distribution; the score is the
+        larger of the two (a run of moderate surprises denser than usual, e.g. spikes coming
+        more often, stands out over ~20 samples where 10 are too few).
     range_tolerance
         A value beyond the series' historical range by more than this fraction of the range
         (plus one MAE) scores 1.
@@ -218,12 +229,12 @@ class MetricScorer:
         and :meth:`silent_series` drops series silent for longer than ``evict_after_ms``.
     """
 
-    model_version = "metric-likelihood-v3"
+    model_version = "metric-likelihood-v4"
 
     def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 300,
                  level_alpha: float = 0.05, season_alpha: float = 0.5,
                  error_alpha: float = 0.02, shift_alpha: float = 0.25,
-                 short_window: int = 10, long_window: int = 2000,
+                 short_window: int = 10, slow_window: int = 20, long_window: int = 2000,
                  range_tolerance: float = 0.02, suppress_samples: int = 200,
                  clip: float = 3.0, rebase_after: int = 12, stuck_after: int = 30,
                  silence_factor: float = 5.0, max_series: int = 50_000,
@@ -235,6 +246,8 @@ class MetricScorer:
         self.error_alpha = error_alpha
         self.shift_alpha = shift_alpha
         self.short_window = short_window
+        self.slow_window = slow_window
+        self._slow_alpha = 2.0 / (slow_window + 1.0)
         self.long_window = long_window
         self.range_tolerance = range_tolerance
         self.suppress_samples = suppress_samples
@@ -366,6 +379,19 @@ class MetricScorer:
         # ---- score: the likelihood, out of range, warm-up, suppression
         thr = self.anomaly_threshold
         score = _log_likelihood(zl)
+        # ---- a slower time scale: the same likelihood of an EW mean of the surprise in use
+        # (a denser run of moderate surprises than the short window shows)
+        r2 = (u if u < RAW_CAP else RAW_CAP) / RAW_CAP
+        m = s.m_ew + self._slow_alpha * (r2 - s.m_ew)
+        s.m_ew = m
+        d = m - s.m_mean
+        if n > self.slow_window:
+            mstd = math.sqrt(s.m_var)
+            slow = _log_likelihood(d / (mstd if mstd > MIN_STD else MIN_STD))
+            if slow > score:
+                score = slow
+        s.m_mean += la * d
+        s.m_var = (1.0 - la) * (s.m_var + la * d * d)
         span = s.vmax - s.vmin
         tol = self.range_tolerance * span + mae
         lower, upper = s.vmin - tol, s.vmax + tol

@@ -173,3 +173,16 @@ def test_weekly_pattern_is_predicted_and_a_weekend_like_weekday_flagged():
     assert scorer._series["h1/cpu"].mode == 1                      # the weekly profile in use
     monday = run(scorer, [value(i, True) for i in range(DAY)], start=3 * week)
     assert max(r["score"] for r in monday) >= 0.9                  # a quiet weekday is not
+
+
+def test_spikes_coming_more_often_are_flagged():
+    # a pair of spikes every 100 samples is the series' normal; then they come every 5 samples
+    def spiky(i: int) -> float:
+        return 20.0 if i % 100 in (0, 6) else 0.0
+
+    scorer = MetricScorer()
+    records = run(scorer, [spiky(i) for i in range(2000)])
+    assert max(r["score"] for r in records[1000:]) < 0.9           # the usual spikes are normal
+    denser = run(scorer, [20.0 if i % 5 == 0 else spiky(i) for i in range(2000, 2030)],
+                 start=2000)
+    assert max(r["score"] for r in denser) >= 0.9
