@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from operator import mul, sub
+from operator import itemgetter, mul, sub
 from typing import Protocol
 
 from river import anomaly, linear_model, optim, preprocessing
@@ -293,12 +293,12 @@ class TransactionScorer(_Scorer):
         self._names = (*self._features.names, DETECTOR_FEATURE)
         self._compute = self._features.compute
         n = self._features.names
-        self._i_view = [n.index(k) for k in ("amount_log", "amount_z", "gap_log",
-                                             "new_country", "new_device", "merchants_1h",
-                                             "card_n_1h")]
+        self._view_of = itemgetter(*(n.index(k) for k in (
+            "amount_log", "amount_z", "gap_log", "new_country", "new_device", "merchants_1h",
+            "card_n_1h")))
 
     def _detector_view(self, v: list[float]) -> dict[str, float]:
-        a, z, gap, nc, nd, m1h, n1h = (v[i] for i in self._i_view)
+        a, z, gap, nc, nd, m1h, n1h = self._view_of(v)
         return {
             "amount": min(1.0, a / 10.0),                 # log1p(22,000) ~ 10
             "amount_z": min(1.0, max(0.0, (z + 5.0) / 15.0)),
