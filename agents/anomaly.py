@@ -6,7 +6,8 @@ How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sam
    residuals, so an outlier moves it by at most a few noise units) and two seasonal profiles,
    a day and a week (per phase bin, the same clipped update across periods; each forecasts once
    a period of data has been seen). Each keeps the EW mean absolute error (MAE) of its
-   forecasts. A more detailed forecast (level < day < week) is used only where its long-run
+   forecasts; a seasonal profile also per phase bin, so that a phase that is always noisier
+   (the busy hours) is judged at its own scale. A more detailed forecast (level < day < week) is used only where its long-run
    error is clearly (20 %) below the current one's, and only once it has forecast half a
    period (daily patterns, square waves and weekday/weekend patterns are then predicted rather
    than flagged).
@@ -18,9 +19,8 @@ How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sam
    probability ``p`` of the current mean gives ``score = log(p + 1e-10) / log(1e-10)`` (0.5
    at p = 1e-5, 0.9 at p = 1e-9). A series is judged against its *own* normal variability of
    surprise: noisy series need a longer or larger excursion than quiet ones. With a seasonal
-   profile in use, the likelihood of its surprise is the score. A second, slower time scale
-   (an EW mean of the surprise over ~``slow_window`` samples, judged the same way) is
-   max-combined with it.
+   profile in use, the likelihood of its surprise is the score. A second, slower time scale (an EW mean of
+   the surprise over ~``slow_window`` samples, judged the same way) is max-combined with it.
 4. **Out of range.** A value beyond everything the series has shown (its min/max, widened by
    ``range_tolerance`` of the range and by one MAE) scores 1.
 5. **One alarm per anomaly.** After a score reaches ``anomaly_threshold``, the series' scores
@@ -61,7 +61,13 @@ SELECT_ALPHA = 0.002
 _TINY = 1e-10
 _LOG_TINY = math.log(_TINY)
 _SQRT2 = math.sqrt(2.0)
-STATE_VERSION = 4
+STATE_VERSION = 5
+# Per phase bin, the EW mean absolute error across periods (weight of a new period): noise that
+# differs by phase (a quiet night, a noisy day) is judged at its own phase's scale ...
+BIN_ERROR_ALPHA = 0.5
+# ... floored at the profile's overall error and discounted (one sample per period makes it a
+# noisy estimate): the scale is max(overall MAE, BIN_ERROR_FLOOR * the bin's MAE).
+BIN_ERROR_FLOOR = 0.7
 # The seasonal periods tried: a day and a week.
 PERIODS_MS = (DAY_MS, 7 * DAY_MS)
 
@@ -137,11 +143,13 @@ class _Profile:
     """One seasonal profile (a period: a day or a week) of a series: per phase bin, the
     clipped mean across periods, with its error and the likelihood of its surprise."""
 
-    __slots__ = ("bin_ms", "vals", "mae", "n", "sel", "buf", "sum", "mean", "var", "seen", "z")
+    __slots__ = ("bin_ms", "vals", "bmae", "mae", "n", "sel", "buf", "sum", "mean", "var", "seen",
+                 "z")
 
     def __init__(self, bin_ms: int = 0, bins: int = 0, short_window: int = 10) -> None:
         self.bin_ms = bin_ms
         self.vals = array("d", [math.nan]) * bins
+        self.bmae = array("d", [math.nan]) * bins
         self.mae = 0.0
         self.n = 0
         self.sel = 0.0
@@ -155,6 +163,7 @@ class _Profile:
     def to_state(self) -> dict:
         state = {k: getattr(self, k) for k in self.__slots__}
         state["vals"] = [None if v != v else v for v in self.vals]
+        state["bmae"] = [None if v != v else v for v in self.bmae]
         state["buf"] = list(self.buf)
         return state
 
@@ -164,6 +173,7 @@ class _Profile:
         for k in cls.__slots__:
             setattr(p, k, state[k])
         p.vals = array("d", [math.nan if v is None else v for v in state["vals"]])
+        p.bmae = array("d", [math.nan if v is None else v for v in state["bmae"]])
         p.buf = array("d", state["buf"])
         return p
 
@@ -229,7 +239,7 @@ class MetricScorer:
         and :meth:`silent_series` drops series silent for longer than ``evict_after_ms``.
     """
 
-    model_version = "metric-likelihood-v4"
+    model_version = "metric-likelihood-v5"
 
     def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 300,
                  level_alpha: float = 0.05, season_alpha: float = 0.5,
@@ -332,11 +342,14 @@ class MetricScorer:
                 b = (t // p.bin_ms) % len(vals)
                 sv = vals[b]
                 if sv != sv:  # not filled yet
-                    errs.append((b, None))
+                    errs.append((b, None, 0.0))
                     continue
                 e = x - sv
-                errs.append((b, e))
                 pm = p.mae if p.mae > scale_floor else scale_floor
+                bm = p.bmae[b]
+                if bm == bm and BIN_ERROR_FLOOR * bm > pm:
+                    pm = BIN_ERROR_FLOOR * bm
+                errs.append((b, e, pm))
                 up = abs(e) / pm
                 rs = (up if up < RAW_CAP else RAW_CAP) / RAW_CAP
                 pbuf = p.buf
@@ -370,8 +383,7 @@ class MetricScorer:
             s.mode = best
             if best >= 0 and errs[best][1] is not None:
                 p = profiles[best]
-                e = errs[best][1]
-                pm = p.mae if p.mae > scale_floor else scale_floor
+                _, e, pm = errs[best]
                 expected, scale = x - e, pm
                 z = e / pm
                 u = abs(z)
@@ -459,13 +471,16 @@ class MetricScorer:
             s.mae += ea * ((ael if ael < clip * mae else clip * mae) - s.mae)
         if errs is not None:
             l_upd = False
-            for p, (b, e) in zip(profiles, errs):
+            for p, (b, e, pb) in zip(profiles, errs):
                 vals = p.vals
                 if e is None:
                     vals[b] = x
                     continue
                 pm = p.mae if p.mae > scale_floor else scale_floor
                 ae = abs(e)
+                bm = p.bmae[b]
+                p.bmae[b] = ae if bm != bm else bm + BIN_ERROR_ALPHA * (
+                    (ae if ae < clip * pb else clip * pb) - bm)
                 p.n += 1
                 # selection errors: unclipped (a forecast's failures are the point) and long
                 # (~1 / SELECT_ALPHA samples, so twice-a-period failures are remembered)

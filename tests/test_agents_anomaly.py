@@ -186,3 +186,17 @@ def test_spikes_coming_more_often_are_flagged():
     denser = run(scorer, [20.0 if i % 5 == 0 else spiky(i) for i in range(2000, 2030)],
                  start=2000)
     assert max(r["score"] for r in denser) >= 0.9
+
+
+def test_a_phase_that_is_always_noisier_is_judged_at_its_own_scale():
+    # quiet nights (20 +- 0.5), busy noisy days (70 +- 5): the day's noise is no anomaly
+    rng = random.Random(14)
+
+    def value(i: int) -> float:
+        return 20.0 + rng.gauss(0, 0.5) if (i % DAY) < DAY // 2 else 70.0 + rng.gauss(0, 5.0)
+
+    scorer = MetricScorer()
+    records = run(scorer, [value(i) for i in range(6 * DAY + 100)])
+    assert max(r["score"] for r in records[3 * DAY:]) < 0.9       # once two days are known
+    night = run(scorer, [26.0 + rng.gauss(0, 0.5) for _ in range(20)], start=6 * DAY + 100)
+    assert max(r["score"] for r in night) >= 0.9                   # a quiet phase still alarms
