@@ -57,6 +57,7 @@ class _Scorer:
 
     model_version = "v1"
     reason_of: dict[str, str] = {}
+    REFRESH_EVERY = 8
 
     def __init__(self, *, seed: int = 42, min_labels: int = 50, max_pending: int = 2_000_000,
                  label_ttl_s: float = 30 * 86_400, review_at: float = 0.7,
@@ -95,6 +96,9 @@ class _Scorer:
         self._means: list[float] = []
         self._bias = 0.0
         self._stale = True
+        # Refolding costs ~60 dict reads: done once per REFRESH_EVERY learned examples (the
+        # weights move little in a few steps) and by ``sync()``.
+        self._learned_since_refresh = 0
         # event_id -> (event_time, features, label context); expiry in scoring order
         self._pending: dict[str, tuple] = {}
         self._expiry: deque[tuple[int, str]] = deque()
@@ -160,7 +164,8 @@ class _Scorer:
         detector.learn_one(view)
         v.append(rank)
         if self._n_labels >= self.min_labels:
-            if self._stale:
+            if self._stale and (self._learned_since_refresh >= self.REFRESH_EVERY
+                                or not self._coef):
                 self._refresh()
             # = classifier.predict_proba_one(scaler.transform_one(x)), without building dicts
             contrib = list(map(mul, self._coef, map(sub, v, self._means)))
@@ -193,6 +198,7 @@ class _Scorer:
         self._coef, self._means = coef, mu
         self._bias = self._classifier.intercept
         self._stale = False
+        self._learned_since_refresh = 0
         self._codes = [self.reason_of.get(k, k) for k in self._names]
 
     def _reasons(self, contrib: list[float]) -> list[str]:
@@ -211,10 +217,14 @@ class _Scorer:
                     break
         return out
 
-    def explain(self, event_features: list[float]) -> dict[str, float]:
-        """Each feature's contribution to the logit (0 = an average event): for analysts."""
+    def sync(self) -> None:
+        """Fold the latest learned weights in now (scoring does it every few examples)."""
         if self._stale:
             self._refresh()
+
+    def explain(self, event_features: list[float]) -> dict[str, float]:
+        """Each feature's contribution to the logit (0 = an average event): for analysts."""
+        self.sync()
         return dict(zip(self._names, map(mul, self._coef, map(sub, event_features,
                                                                   self._means))))
 
@@ -254,6 +264,7 @@ class _Scorer:
         self._scaler.learn_one(x)
         self._classifier.learn_one(self._scaler.transform_one(x), bool(label))
         self._stale = True
+        self._learned_since_refresh += 1
 
     def _expire(self, before_ms: int | None) -> None:
         """Learn as genuine the pending events older than ``before_ms`` (or the oldest one,

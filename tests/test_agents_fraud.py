@@ -123,6 +123,7 @@ def test_score_is_the_river_pipelines_probability_corrected_for_negative_samplin
                 amount=900.0 if fraud else rng.uniform(10, 40))
         scorer.score_record(e, T0)
         assert scorer.learn_label(e["event_id"], int(fraud))
+    scorer.sync()  # scoring refolds the weights every few learned examples; now, exactly
     score, v, reasons = scorer.score_one(txn(600, card_id="c1", amount=700.0))
     x = dict(zip(scorer.feature_names, v))
     p = scorer._classifier.predict_proba_one(scorer._scaler.transform_one(x))[True]
