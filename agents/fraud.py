@@ -104,6 +104,7 @@ class _Scorer:
         self._expiry: deque[tuple[int, str]] = deque()
         self._ttl_ms = int(label_ttl_s * 1000)
         self._watermark = -(2 ** 62)
+        self._n_seen = 0
         self._n_labels = 0
         self._n_fraud = 0
         self._n_expired = 0
@@ -161,7 +162,9 @@ class _Scorer:
         detector = self._detector
         view = self._detector_view(v)
         rank = self._rank.update(detector.score_one(view))
-        detector.learn_one(view)
+        self._n_seen += 1
+        if self._n_seen & 1:  # the detector's reference mass learns from every other event
+            detector.learn_one(view)
         v.append(rank)
         if self._n_labels >= self.min_labels:
             if self._stale and (self._learned_since_refresh >= self.REFRESH_EVERY
