@@ -27,7 +27,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from pipelines import metrics
-from pipelines.kafka import consumer_config, producer_config
+from pipelines.kafka import consumer_config, producer_config, readable
 from pipelines.settings import Settings
 from pipelines.topics import DEAD_LETTER, INPUT_TOPICS, VALIDATED
 from schemas.pii import redact_raw
@@ -176,9 +176,7 @@ class Gateway:
         accepted: dict[tuple[str, int], list[dict]] = defaultdict(list)
         next_offsets: dict[tuple[str, int], int] = {}
         for msg in messages:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", msg.error())
+            if not readable(msg, log, "gateway"):
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             tp = (topic, partition)

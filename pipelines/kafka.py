@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from pipelines.settings import KafkaSettings
 
@@ -32,3 +35,17 @@ def producer_config(bootstrap: str, **extra: Any) -> dict:
         "enable.idempotence": False,  # Tansu has no idempotent/transactional producer
         **extra,
     }
+
+
+def readable(message: Message, log: logging.Logger, who: str) -> bool:
+    """True when ``message`` carries data; False for end-of-partition and transient errors
+    (logged); a fatal client error raises, so the process crashes loudly and is restarted."""
+    error = message.error()
+    if error is None:
+        return True
+    if error.code() == KafkaError._PARTITION_EOF:
+        return False
+    if error.fatal():
+        raise KafkaException(error)
+    log.warning("%s: consumer error: %s", who, error)
+    return False

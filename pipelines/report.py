@@ -88,7 +88,7 @@ class LakeSource:
         self._session = None
 
     def rows(self, sql: str) -> list[dict]:
-        from sinks.clickhouse import LakeQueryError, _one_line, views_sql
+        from sinks.clickhouse import LakeQueryError, _one_line
 
         try:
             if self._session is None:

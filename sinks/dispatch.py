@@ -28,11 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from agents.rules import RuleSet, RulesInvalid, load_rules
 from pipelines import metrics
-from pipelines.kafka import consumer_config, producer_config
+from pipelines.kafka import consumer_config, producer_config, readable
 from pipelines.settings import Settings
 from pipelines.topics import ALERT_DELIVERIES, ALERTS, DEAD_LETTER
 from sinks.channels.webhook import DeliveryError, WebhookChannel
@@ -245,9 +245,7 @@ class Dispatcher:
                 messages = self._consumer.consume(500, timeout=0.5)
                 offsets: dict[tuple[str, int], int] = {}
                 for msg in messages:
-                    if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consume error: %s", msg.error())
+                    if not readable(msg, log, "dispatcher"):
                         continue
                     try:
                         alert = orjson.loads(msg.value())

@@ -47,12 +47,12 @@ from dataclasses import dataclass, field
 import orjson
 import pyarrow as pa
 from confluent_kafka import (
-    Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition,
+    Consumer, KafkaException, Message, TopicCollection, TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Histogram
 
-from pipelines.kafka import consumer_config
+from pipelines.kafka import consumer_config, readable
 from pipelines.settings import ClickHouseSettings, Settings
 from pipelines.topics import OUTPUT_TOPICS, TABLE_OF_TOPIC
 from sinks.lake import to_arrow
@@ -238,13 +238,7 @@ class Loader:
         return len(messages)
 
     def _add(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return
-            if error.fatal():
-                raise KafkaException(error)
-            log.warning("loader: consumer error: %s", error)
+        if not readable(message, log, "loader"):
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         buf = self.buffers.get((topic, partition))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import smtplib
 import ssl
 from email.message import EmailMessage
-from email.utils import make_msgid
 
 from sinks.channels.webhook import DeliveryError
 
