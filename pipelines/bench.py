@@ -257,8 +257,15 @@ def _lake_latencies(lake: Path, since_ms: int) -> list[float]:
     return out
 
 
+def state_memory(cards: int, series: int) -> dict:
+    """Peak RSS of a process whose scorers hold ``cards`` cards and ``series`` series."""
+    out = subprocess.run([sys.executable, "-m", "pipelines.bench_state", str(cards), str(series)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_bench(settings: Settings, *, events: int, json_out: Path | None,
-              load_s: float = 15.0) -> dict:
+              load_s: float = 15.0, state: tuple[int, int] | None = None) -> dict:
     broker = None
     bootstrap = settings.kafka.bootstrap
     work = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
@@ -285,6 +292,9 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
                   "produce_eps": produce_eps, "ceiling_eps": ceiling_eps,
                   "faust_count_eps": faust_eps,
                   **pipeline(bootstrap, events, env, work, load_s)}
+        if state:
+            _say(f"state memory: {state[0]:,} cards, {state[1]:,} metric series ...")
+            result["state_memory"] = state_memory(*state)
         result["ratio_pipeline_to_faust"] = result["pipeline_eps"] / faust_eps
         result["ratio_pipeline_to_ceiling"] = result["pipeline_eps"] / ceiling_eps
         print(report(result))
@@ -311,6 +321,10 @@ def report(r: dict) -> str:
         f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,})",
         f"  latency to the lake: p50 {lake['p50']} ms, p95 {lake['p95']} ms, p99 {lake['p99']} ms",
         f"  peak RSS: worker {r['rss_mb']['worker']:.0f} MiB, sink {r['rss_mb']['sink']:.0f} MiB",
+        *([f"  state: {r['state_memory']['cards']:,} cards + {r['state_memory']['series']:,} "
+           f"series -> RSS {r['state_memory']['rss_mb']:.0f} MiB (cards "
+           f"{r['state_memory']['cards_mb']:.0f}, series {r['state_memory']['series_mb']:.0f})"]
+          if "state_memory" in r else []),
     ])
 
 
@@ -320,5 +334,9 @@ def register(sub) -> None:
     bench.add_argument("--load-seconds", type=float, default=15.0,
                        help="duration of the half-load latency phase")
     bench.add_argument("--json", dest="json_out", default=None)
+    bench.add_argument("--state", default=None, metavar="CARDS,SERIES",
+                       help="also measure the RSS of scorers holding this many cards and metric "
+                            "series, e.g. 1000000,10000")
     bench.set_defaults(func=lambda args, settings: run_bench(
-        settings, events=args.events, json_out=args.json_out, load_s=args.load_seconds) and 0)
+        settings, events=args.events, json_out=args.json_out, load_s=args.load_seconds,
+        state=tuple(int(x) for x in args.state.split(",")) if args.state else None) and 0)
