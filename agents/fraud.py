@@ -10,21 +10,30 @@ is learned as genuine (no news is good news: most genuine events are never label
 
 The model
 ---------
-- an unsupervised River ``HalfSpaceTrees`` over a few behaviour features scaled to [0, 1];
-  its score's rank among recent scores is a feature of the classifier (and the whole score
-  during the cold start, calibrated so that about ``alert_share`` of traffic is flagged);
-- a supervised River pipeline, ``StandardScaler | LogisticRegression``, learned from the
+- an unsupervised River ``HalfSpaceTrees`` (3 trees, learning from every other event) over
+  a few behaviour features scaled to [0, 1]; its score's rank among recent scores is a
+  feature of the classifier (and the whole score during the cold start, calibrated so that
+  about ``alert_share`` of traffic is flagged);
+- a supervised River ``StandardScaler`` + ``LogisticRegression`` (Adam), learned from the
   delayed labels. Genuine events are learned at the rate ``negative_rate`` (fraud is ~1 % of
-  traffic: the classifier learns a balanced-enough sample, and 5x faster); the probability is
-  then corrected for that sampling, ``p * r / (p * r + 1 - p)``, so the score is a calibrated
-  probability of fraud again;
+  traffic: the classifier learns a balanced-enough sample, and 10x faster); the probability
+  is then corrected for that sampling, ``p * r / (p * r + 1 - p)``, so the score is a
+  calibrated probability of fraud again. Scoring uses the scaler folded into the weights
+  (refolded every ``REFRESH_EVERY`` learned examples, or by ``sync()``): the same number as
+  ``predict_proba_one(transform_one(x))`` without building dicts on the hot path;
 - reasons: the features that moved the score most, i.e. the largest ``weight * z`` of the
   standardised features (0 = an average event), mapped to reason codes; during the cold
   start, rule flags.
 
 Limits: the first ``min_labels`` labels the score is the detector's rank (uncalibrated as a
 probability); per-key state and pending events are bounded (``max_cards``, ``max_pending``:
-past it, the oldest pending event is learned as genuine early).
+past it, the oldest pending event is learned as genuine early). Merchant and identity state
+is per worker: with several workers (partitioned by card / applicant) each one sees its own
+share of a merchant's traffic and labels. Not snapshotted yet: a restart starts cold.
+
+Measured (``riskstream eval fraud``, Fraud Detection Handbook, 7-day label delay, after the
+first 7 days): ROC AUC 0.892, average precision 0.684, card precision@100 0.516, ~20,000
+events/s of one core for the scoring path.
 """
 
 from __future__ import annotations

@@ -338,7 +338,7 @@ def simulate(n_messages: int, *, seed: int = 7, label_ttl_ms: int | None = None,
     from agents.fraud import ApplicationScorer, TransactionScorer
     from pipelines.settings import PiiSettings, ValidationSettings
     from pipelines.simulator import SimConfig, Simulator
-    from pipelines.topics import APPLICATIONS, LABELS, TRANSACTIONS
+    from pipelines.topics import APPLICATIONS, TRANSACTIONS
     from schemas.validation import Rejection, Validator
 
     config = SimConfig(seed=seed, share_transactions=0.85, share_applications=0.15,
@@ -458,11 +458,18 @@ def run(args, settings=None) -> int:
         return 2
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(results, indent=2, default=_json_default))
+        Path(args.json_out).write_text(json.dumps(_plain(results), indent=2, allow_nan=False))
     return 0
 
 
-def _json_default(o: Any) -> Any:
+def _plain(o: Any) -> Any:
+    """JSON-ready: numpy scalars as Python numbers, NaN (an undefined figure) as null."""
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
     if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+        o = o.item()
+    if isinstance(o, float) and o != o:
+        return None
+    return o
