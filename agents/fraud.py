@@ -42,7 +42,7 @@ import math
 import random
 from collections import deque
 from operator import itemgetter, mul, sub
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from river import anomaly, linear_model, optim, preprocessing
 
@@ -65,7 +65,7 @@ class _Scorer:
     """Shared mechanics: features -> detector + classifier; pending events await labels."""
 
     model_version = "v1"
-    reason_of: dict[str, str] = {}
+    reason_of: ClassVar[dict[str, str]] = {}
     REFRESH_EVERY = 8
 
     def __init__(self, *, seed: int = 42, min_labels: int = 50, max_pending: int = 2_000_000,
@@ -182,7 +182,7 @@ class _Scorer:
             # = classifier.predict_proba_one(scaler.transform_one(x)), without building dicts
             contrib = list(map(mul, self._coef, map(sub, v, self._means)))
             logit = self._bias + sum(contrib)
-            logit = -30.0 if logit < -30.0 else 30.0 if logit > 30.0 else logit
+            logit = -30.0 if logit < -30.0 else min(logit, 30.0)
             p = 1.0 / (1.0 + math.exp(-logit))
             r = self.negative_rate
             score = p * r / (p * r + 1.0 - p)  # undo the negative sampling: calibrated
@@ -375,4 +375,4 @@ class ApplicationScorer(_Scorer):
         return self._features.cold_reasons(x)[:self.n_reasons]
 
 
-__all__ = ["ApplicationScorer", "TransactionScorer", "DAY_MS"]
+__all__ = ["DAY_MS", "ApplicationScorer", "TransactionScorer"]

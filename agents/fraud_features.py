@@ -104,9 +104,25 @@ TX_REASON_OF: dict[str, str] = {
 class CardState:
     """What one card remembers: decayed windows, its amount profile, bounded small sets."""
 
-    __slots__ = ("t", "n", "s", "p_t", "p_w", "p_mean", "p_var", "q_mean", "q_var", "f_t", "f_n",
-                 "last_fraud",
-                 "a_t", "a_n", "countries", "devices", "recent")
+    __slots__ = (
+        "a_n",
+        "a_t",
+        "countries",
+        "devices",
+        "f_n",
+        "f_t",
+        "last_fraud",
+        "n",
+        "p_mean",
+        "p_t",
+        "p_var",
+        "p_w",
+        "q_mean",
+        "q_var",
+        "recent",
+        "s",
+        "t",
+    )
 
     def __init__(self, t: int) -> None:
         self.t = t                      # last update of the spending windows (ms)
@@ -131,7 +147,7 @@ class CardState:
 class MerchantState:
     """What one merchant (terminal) remembers: decayed traffic and known-label windows."""
 
-    __slots__ = ("t", "n", "l_t", "l_n", "l_f", "ep_start", "ep_last")
+    __slots__ = ("ep_last", "ep_start", "l_f", "l_n", "l_t", "n", "t")
 
     def __init__(self, t: int) -> None:
         self.t = t
@@ -227,9 +243,9 @@ class TransactionFeatures:
         # some weight first)
         if card.p_w >= 3.0:
             z = (la - card.p_mean) / _sqrt(card.p_var + 0.01)
-            z = -5.0 if z < -5.0 else 10.0 if z > 10.0 else z
+            z = -5.0 if z < -5.0 else min(z, 10.0)
             zl = (amount - card.q_mean) / _sqrt(card.q_var + 1.0)
-            zl = -5.0 if zl < -5.0 else 20.0 if zl > 20.0 else zl
+            zl = -5.0 if zl < -5.0 else min(zl, 20.0)
         else:
             z = zl = 0.0
         a_n = card.a_n
@@ -303,7 +319,7 @@ class TransactionFeatures:
             *_AMOUNT_ONES[bisect_left(AMOUNT_BANDS, la)],
             _log1p(f_n), fraud_recent,
             # a card with known fraud is suspect when it spends unusually, not otherwise
-            fraud_recent * (zl if zl > 0.0 else 0.0),
+            fraud_recent * (max(0.0, zl)),
             0.0 if event.get("status", "approved") == "approved" else 1.0,
             1.0 if channel == "ecom" or channel == "moto" else 0.0,
             1.0 if hour < 6 else 0.0,
@@ -360,10 +376,9 @@ class TransactionFeatures:
         mean, var, qmean, qvar = card.p_mean, card.p_var, card.q_mean, card.q_var
         if w >= 3.0:
             sd = 3.0 * _sqrt(var + 0.01)
-            la = mean + sd if la > mean + sd else mean - sd if la < mean - sd else la
+            la = mean + sd if la > mean + sd else max(la, mean - sd)
             sd = 3.0 * _sqrt(qvar + 1.0)
-            amount = qmean + sd if amount > qmean + sd else qmean - sd if amount < qmean - sd \
-                else amount
+            amount = qmean + sd if amount > qmean + sd else max(amount, qmean - sd)
         # West's weighted incremental mean and variance
         delta = la - mean
         mean += weight * delta / new_w
@@ -372,8 +387,8 @@ class TransactionFeatures:
         qmean += weight * delta / new_w
         qvar = (w * qvar + weight * delta * (amount - qmean)) / new_w
         card.p_w, card.p_mean, card.q_mean = new_w, mean, qmean
-        card.p_var = var if var > 0.0 else 0.0
-        card.q_var = qvar if qvar > 0.0 else 0.0
+        card.p_var = max(0.0, var)
+        card.q_var = max(0.0, qvar)
 
     # ----------------------------------------------------------------------------- labels
 
@@ -400,8 +415,7 @@ class TransactionFeatures:
             if label:
                 if m.ep_last < 0 or event_time - m.ep_last > EPISODE_GAP_MS:
                     m.ep_start = event_time
-                if event_time > m.ep_last:
-                    m.ep_last = event_time
+                m.ep_last = max(m.ep_last, event_time)
         if label:
             card = self._cards.get(card_id)
             if card is not None:

@@ -60,7 +60,7 @@ APP_REASON_OF: dict[str, str] = {
 class KeyState:
     """One identity attribute's value: decayed counts, known fraud, a small set, a number."""
 
-    __slots__ = ("t", "n", "f_t", "f", "l", "seen", "last_income")
+    __slots__ = ("f", "f_t", "l", "last_income", "n", "seen", "t")
 
     def __init__(self, t: int) -> None:
         self.t = t

@@ -26,6 +26,7 @@ score and the decisions' shares, a per-week table, and the speed of the scoring 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -58,7 +59,7 @@ class EvalError(ValueError):
     """The evaluation's input is unusable; the message says what to change."""
 
 
-def parse_duration_ms(text: str | int | float) -> int:
+def parse_duration_ms(text: str | float) -> int:
     """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"250ms"``, ``"2w"``; a bare number is seconds.
 
     >>> parse_duration_ms("7d"), parse_duration_ms("90s"), parse_duration_ms("0")
@@ -269,7 +270,7 @@ def figures(r: Replay, *, warmup_ms: int, k: int = 100) -> dict[str, Any]:
         "brier": float(np.mean((s - y) ** 2)),
         "events_per_s": len(r.times) / r.scoring_s if r.scoring_s > 0 else float("nan"),
         "wall_s": r.wall_s,
-        "n_events_replayed": int(len(r.times)),
+        "n_events_replayed": len(r.times),
         "labels_learned": r.learned,
         "labels_unmatched": r.unmatched,
         "scorer": r.stats,
@@ -470,6 +471,6 @@ def _plain(o: Any) -> Any:
         return [_plain(v) for v in o]
     if isinstance(o, np.generic):
         o = o.item()
-    if isinstance(o, float) and o != o:
+    if isinstance(o, float) and math.isnan(o):
         return None
     return o

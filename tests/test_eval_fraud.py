@@ -14,7 +14,6 @@ from agents.fraud import TransactionScorer
 from pipelines.eval_fraud import EvalError, figures, load_stream, parse_duration_ms, replay_file
 from pipelines.metrics_exact import average_precision, card_precision_at_k, mid_ranks, roc_auc
 
-
 # ------------------------------------------------------------------------- exact metrics
 
 def test_auc_counts_pairs_and_ties_count_half():
