@@ -89,8 +89,8 @@ class Pipeline:
     def __init__(self, settings: Settings, outputs: Outputs, bootstrap: str | None = None) -> None:
         m, a = settings.model, settings.alert
         self.outputs = outputs
-        self.transactions = TransactionScorer(seed=m.seed)
-        self.applications = ApplicationScorer(seed=m.seed)
+        self.transactions = TransactionScorer(seed=m.seed, label_ttl_s=m.label_ttl_s)
+        self.applications = ApplicationScorer(seed=m.seed, label_ttl_s=m.label_ttl_s)
         self.anomaly_threshold = m.anomaly_threshold
         # One metric detector per input partition (series are keyed by host/metric, so a
         # series lives in one partition), snapshotted to files and restored with it.
@@ -284,7 +284,8 @@ class Pipeline:
             scorer = scorers.get(label["target_stream"])
             if scorer is None:
                 continue  # metric incidents: used by evaluation, not learned online yet
-            if scorer.learn_label(label["target_event_id"], label["label"]):
+            # The label's own time: merchant risk counts it from when it became known.
+            if scorer.learn_label(label["target_event_id"], label["label"], label["event_time"]):
                 metrics.LABELS_LEARNED.labels(label["target_stream"]).inc()
             else:
                 metrics.LABELS_UNMATCHED.labels(label["target_stream"]).inc()
