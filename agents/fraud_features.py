@@ -14,6 +14,10 @@ its transaction, as it would in production.
 
 Limits: a card's first transactions have no history (``card_n_30d`` = 0 says so to the
 model); state of a card or merchant not seen for ``max_keys`` newer keys is forgotten.
+
+Snapshots: ``to_state`` / ``load_state`` give the exact state as JSON-able lists (one list of
+slot values per card or merchant, in least-recently-seen order, so eviction resumes as it
+would have), ~0.3 KB of gzipped JSON a card.
 """
 
 from __future__ import annotations
@@ -429,6 +433,59 @@ class TransactionFeatures:
 
     def __len__(self) -> int:
         return len(self._cards)
+
+    # -------------------------------------------------------------------------- snapshots
+
+    _CARD_FIELDS = CardState.__slots__
+    _MERCHANT_FIELDS = MerchantState.__slots__
+
+    def to_state(self) -> dict:
+        """JSON-able state: every card and merchant, least recently seen first.
+
+        Restoring it (``load_state``) and computing the next events gives the same features as
+        never having stopped (floats survive JSON exactly).
+        """
+        cards = []
+        for key, c in self._cards.items():
+            row = [getattr(c, f) for f in self._CARD_FIELDS]
+            i = self._CARD_FIELDS.index("recent")
+            row[i] = [x for item in row[i].items() for x in item]  # flat [m, t, m, t, ...]
+            cards.append([key, row])
+        merchants = [[key, [getattr(m, f) for f in self._MERCHANT_FIELDS]]
+                     for key, m in self._merchants.items()]
+        return {"card_fields": list(self._CARD_FIELDS), "cards": cards,
+                "merchant_fields": list(self._MERCHANT_FIELDS), "merchants": merchants}
+
+    def load_state(self, state: dict) -> None:
+        """Replace the per-card and per-merchant state by ``state`` (from ``to_state``).
+
+        Raises
+        ------
+        ValueError
+            The state holds other fields than this version's ``CardState`` / ``MerchantState``.
+        """
+        if (tuple(state["card_fields"]) != self._CARD_FIELDS
+                or tuple(state["merchant_fields"]) != self._MERCHANT_FIELDS):
+            raise ValueError("transaction feature state: its card/merchant fields are not this "
+                             "version's; discard the snapshot and let the features warm up")
+        tuples = {self._CARD_FIELDS.index("countries"), self._CARD_FIELDS.index("devices")}
+        recent_i = self._CARD_FIELDS.index("recent")
+        self._cards.clear()
+        for key, row in state["cards"]:
+            c = CardState.__new__(CardState)
+            for i, (f, v) in enumerate(zip(self._CARD_FIELDS, row)):
+                if i in tuples:
+                    v = tuple(v)
+                elif i == recent_i:
+                    v = dict(zip(v[::2], v[1::2]))
+                setattr(c, f, v)
+            self._cards[key] = c
+        self._merchants.clear()
+        for key, row in state["merchants"]:
+            m = MerchantState.__new__(MerchantState)
+            for f, v in zip(self._MERCHANT_FIELDS, row):
+                setattr(m, f, v)
+            self._merchants[key] = m
 
 
 def pack(values: list[float]) -> array:

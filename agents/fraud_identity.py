@@ -9,6 +9,9 @@ SSNs (synthetic-identity rings at a drop address). Everything is O(1) memory per
 Limits: e-mail domains are shared by millions of honest applicants, so their raw counts mean
 nothing; the domain contributes its *burst* (last hour against its 30-day rate) and its known
 fraud rate instead.
+
+Snapshots: ``to_state`` / ``load_state`` give the exact state as JSON-able lists, keys least
+recently seen first.
 """
 
 from __future__ import annotations
@@ -203,6 +206,38 @@ class ApplicationFeatures:
             state.l += 1.0
             if label:
                 state.f += 1.0
+
+    _FIELDS = KeyState.__slots__
+
+    def to_state(self) -> dict:
+        """JSON-able state of every key, least recently seen first (sets as sorted lists:
+        only their size and membership matter)."""
+        seen = self._FIELDS.index("seen")
+        keys = []
+        for key, st in self._keys.items():
+            row = [getattr(st, f) for f in self._FIELDS]
+            row[seen] = sorted(row[seen])
+            keys.append([key, row])
+        return {"key_fields": list(self._FIELDS), "keys": keys}
+
+    def load_state(self, state: dict) -> None:
+        """Replace the per-key state by ``state`` (from ``to_state``).
+
+        Raises
+        ------
+        ValueError
+            The state holds other fields than this version's ``KeyState``.
+        """
+        if tuple(state["key_fields"]) != self._FIELDS:
+            raise ValueError("application feature state: its key fields are not this version's;"
+                             " discard the snapshot and let the features warm up")
+        seen = self._FIELDS.index("seen")
+        self._keys.clear()
+        for key, row in state["keys"]:
+            st = KeyState.__new__(KeyState)
+            for i, (f, v) in enumerate(zip(self._FIELDS, row)):
+                setattr(st, f, set(v) if i == seen else v)
+            self._keys[key] = st
 
     def detector_view(self, v: list[float]) -> dict[str, float]:
         """A few features scaled to [0, 1] for HalfSpaceTrees."""
