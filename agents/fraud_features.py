@@ -447,11 +447,12 @@ class TransactionFeatures:
         """
         cards = []
         for key, c in self._cards.items():
-            row = [getattr(c, f) for f in self._CARD_FIELDS]
+            # copies: the state is serialised on another thread while the scorer goes on
+            row = [_copy(getattr(c, f)) for f in self._CARD_FIELDS]
             i = self._CARD_FIELDS.index("recent")
             row[i] = [x for item in row[i].items() for x in item]  # flat [m, t, m, t, ...]
             cards.append([key, row])
-        merchants = [[key, [getattr(m, f) for f in self._MERCHANT_FIELDS]]
+        merchants = [[key, [_copy(getattr(m, f)) for f in self._MERCHANT_FIELDS]]
                      for key, m in self._merchants.items()]
         return {"card_fields": list(self._CARD_FIELDS), "cards": cards,
                 "merchant_fields": list(self._MERCHANT_FIELDS), "merchants": merchants}
@@ -486,6 +487,11 @@ class TransactionFeatures:
             for f, v in zip(self._MERCHANT_FIELDS, row):
                 setattr(m, f, v)
             self._merchants[key] = m
+
+
+def _copy(value):
+    """A snapshot's copy of a state field: lists are mutated in place by later events."""
+    return value.copy() if isinstance(value, (list, dict)) else value
 
 
 def pack(values: list[float]) -> array:

@@ -215,7 +215,9 @@ class ApplicationFeatures:
         seen = self._FIELDS.index("seen")
         keys = []
         for key, st in self._keys.items():
-            row = [getattr(st, f) for f in self._FIELDS]
+            # copies: the state is serialised on another thread while the scorer goes on
+            row = [v.copy() if isinstance(v, list) else v
+                   for v in (getattr(st, f) for f in self._FIELDS)]
             row[seen] = sorted(row[seen])
             keys.append([key, row])
         return {"key_fields": list(self._FIELDS), "keys": keys}

@@ -12,6 +12,20 @@ batch only after its outputs are acknowledged by the broker, and commits offsets
 Window state is flushed to the ``window-state`` table once per batch (one value per input
 partition, not one write per event); the table's changelog follows the partition across
 rebalances and restarts, and the stored offset makes a replayed batch a no-op.
+
+Model snapshots (``agents/snapshot.py``): the metric detectors per input partition
+(``system-metrics-p<N>``), the fraud scorers per worker (``transactions-model``,
+``applications-model``: one scorer per worker sees all of its partitions), each at most every
+``snapshot_interval_s`` and at shutdown, with the last learned offset of every
+``"stream:partition"`` it holds. At start the worker restores them; events replayed after a
+restart that are newer than the snapshot are scored again into the models only (``relearn``).
+A fraud snapshot that this version cannot read (``SnapshotIncompatible``) is logged with the
+operator's action and the worker starts that scorer cold (it retrains from the labels): a
+model that is cold for a while is better than a worker that cannot score at all. Labels
+learned after the last snapshot are not replayed into a restored scorer (the labels topic
+has its own offsets): a crash loses at most ``snapshot_interval_s`` of labels for learning.
+With several workers, give each one its own ``RISKSTREAM_MODEL_SNAPSHOT_DIR``: the fraud
+snapshot names are per worker, not per partition.
 """
 
 from __future__ import annotations
@@ -35,9 +49,10 @@ from agents.aggregate import WindowAggregator
 from agents.alerting import AlertEngine, alert_row
 from agents.anomaly import STATE_VERSION as METRIC_STATE_VERSION
 from agents.anomaly import MetricScorer
+from agents.fraud import STATE_VERSION as FRAUD_STATE_VERSION
 from agents.fraud import ApplicationScorer, TransactionScorer
 from agents.rules import RulesSource
-from agents.snapshot import SnapshotStore
+from agents.snapshot import SnapshotIncompatible, SnapshotStore
 from agents.validate import Gateway
 from pipelines import metrics
 from pipelines.kafka import producer_config
@@ -100,6 +115,10 @@ class Pipeline:
         self._learned: dict[str, int] = {}        # "stream:partition" -> last offset in a model
         self._snapshot_due: dict[str, float] = {}
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
+        # The fraud scorers are per worker: one snapshot each, restored now.
+        self.fraud_scorers = {TRANSACTIONS: self.transactions, APPLICATIONS: self.applications}
+        for stream in self.fraud_scorers:
+            self._restore_fraud(stream)
         # Alert rules from YAML (agents/rules.py), reloaded on change and from the rules topic.
         self.rules_source = RulesSource(
             a.rules_path, params=settings.rule_params(),
@@ -132,6 +151,41 @@ class Pipeline:
             self._snapshot_due[key] = time.monotonic() + self.snapshot_interval_s
         return scorer
 
+    def _restore_fraud(self, stream: str) -> None:
+        """Restore the stream's fraud scorer from its latest snapshot; cold if none, or if
+        the snapshot is incompatible (logged with the operator's action)."""
+        scorer = self.fraud_scorers[stream]
+        name = FRAUD_SNAPSHOT[stream]
+        try:
+            snap = self.snapshots.load(name, model=type(scorer).__name__,
+                                       state_version=FRAUD_STATE_VERSION,
+                                       feature_schema=scorer.feature_schema)
+            if snap is not None:
+                scorer.load_state(snap.state)
+        except (SnapshotIncompatible, ValueError) as exc:
+            log.error("%s: not restored, the scorer starts cold and retrains from labels: %s",
+                      name, exc)
+            return
+        if snap is not None:
+            self._learned.update(snap.manifest["offsets"])
+            log.info("%s restored from snapshot %d (%d labels learned, offsets %s)", name,
+                     snap.manifest["seq"], scorer.n_labels, snap.manifest["offsets"])
+        self._snapshot_due[stream] = time.monotonic() + self.snapshot_interval_s
+
+    def _snapshot_fraud(self, stream: str) -> None:
+        """Snapshot the stream's scorer with the learned offsets of its partitions."""
+        scorer = self.fraud_scorers[stream]
+        prefix = f"{stream}:"
+        offsets = {k: v for k, v in self._learned.items() if k.startswith(prefix)}
+        self._snapshot_due[stream] = time.monotonic() + self.snapshot_interval_s
+        # The state is copied now, on the event loop (~1 s per 100k cards and pending
+        # events); compressing and writing it is not.
+        self._snapshotter.submit(
+            self.snapshots.save, FRAUD_SNAPSHOT[stream], scorer.to_state(),
+            model=type(scorer).__name__, state_version=FRAUD_STATE_VERSION,
+            feature_schema=scorer.feature_schema, offsets=offsets,
+            extra={"model_version": scorer.model_version, "labels": scorer.n_labels})
+
     def learned_offset(self, stream: str, partition: int) -> int:
         """The last input offset the partition's models have learned (-1: none known)."""
         if stream == SYSTEM_METRICS:
@@ -144,6 +198,10 @@ class Pipeline:
             scorer = self.metric_scorer(partition)
             for event in events:
                 scorer.score_record(event, 0)
+        elif stream in self.fraud_scorers:
+            score = self.fraud_scorers[stream].score_one
+            for event in events:
+                score(event)
         self._learned[f"{stream}:{partition}"] = offset
 
     def maybe_snapshot(self, stream: str, partition: int, offset: int, *, force: bool = False
@@ -151,6 +209,10 @@ class Pipeline:
         """Snapshot the partition's models when due (at most every snapshot_interval_s)."""
         key = f"{stream}:{partition}"
         self._learned[key] = offset
+        if stream in self.fraud_scorers:
+            if force or time.monotonic() >= self._snapshot_due.get(stream, 0.0):
+                self._snapshot_fraud(stream)
+            return
         if stream != SYSTEM_METRICS or partition not in self._metric_scorers:
             return
         if not force and time.monotonic() < self._snapshot_due.get(key, 0.0):
@@ -164,7 +226,11 @@ class Pipeline:
             feature_schema=scorer.model_version, offsets={key: offset})
 
     def release(self, stream: str, partition: int) -> None:
-        """A partition moves to another worker: snapshot its models now and forget them."""
+        """A partition moves to another worker: snapshot its models now and forget them.
+
+        The fraud scorers are per worker: they keep the partition's card state (harmless) and
+        their next snapshot no longer claims its offset.
+        """
         key = f"{stream}:{partition}"
         if stream == SYSTEM_METRICS and partition in self._metric_scorers and key in self._learned:
             self.maybe_snapshot(stream, partition, self._learned[key], force=True)
@@ -174,6 +240,9 @@ class Pipeline:
 
     def close(self) -> None:
         """Final snapshots, written before the worker exits."""
+        for stream in self.fraud_scorers:
+            if any(k.startswith(f"{stream}:") for k in self._learned):
+                self._snapshot_fraud(stream)
         for partition in list(self._metric_scorers):
             key = f"{SYSTEM_METRICS}:{partition}"
             if key in self._learned:
@@ -289,6 +358,9 @@ class Pipeline:
                 metrics.LABELS_LEARNED.labels(label["target_stream"]).inc()
             else:
                 metrics.LABELS_UNMATCHED.labels(label["target_stream"]).inc()
+
+
+FRAUD_SNAPSHOT = {TRANSACTIONS: "transactions-model", APPLICATIONS: "applications-model"}
 
 
 def _strip(record: dict) -> dict:

@@ -106,3 +106,75 @@ def test_a_snapshot_of_other_features_is_refused(tmp_path):
                    state_version=STATE_VERSION, feature_schema=scorer.feature_schema)
     with pytest.raises(ValueError, match="retrain"):
         ApplicationScorer().load_state(scorer.to_state())
+
+
+# ------------------------------------------------------------------ the worker's wiring
+
+def _pipeline(tmp_path, **model):
+    from pipelines.app import Pipeline
+    from pipelines.settings import ModelSettings, Settings
+    from test_agents_snapshot import CollectingOutputs
+
+    settings = Settings()
+    settings.__dict__["model"] = ModelSettings(snapshot_dir=tmp_path / "models",
+                                               snapshot_interval_s=3600, **model)
+    return Pipeline(settings, CollectingOutputs())
+
+
+def _batch(pipeline, events: list[dict], partition: int = 0) -> list[float]:
+    from agents.aggregate import WindowAggregator
+
+    agg = WindowAggregator("transactions", window_size_ms=60_000, grace_ms=10_000,
+                           flag_threshold=0.9)
+    sent = len(pipeline.outputs.sent)
+    pipeline.score_batch("transactions", [{**e, "stream": "transactions"} for e in events],
+                         agg, partition)
+    return [r["score"] for t, r in pipeline.outputs.sent[sent:] if t == "scored-transactions"]
+
+
+def _labels(events: list[dict]) -> list[dict]:
+    return [{"target_stream": "transactions", "target_event_id": e["event_id"],
+             "label": int(e["fraud"]), "event_time": e["event_time"] + 1} for e in events]
+
+
+def test_the_worker_restores_its_fraud_scorer_and_relearns_the_replayed_batches(tmp_path):
+    events = [{k: v for k, v in e.items()} for e in transactions(1200)]
+    batches = [events[i:i + 100] for i in range(0, 1200, 100)]
+
+    def feed(pipeline, start, stop, *, snapshot_at=None):
+        scores = []
+        for offset in range(start, stop):
+            scores += _batch(pipeline, batches[offset])
+            pipeline.maybe_snapshot("transactions", 0, offset, force=offset == snapshot_at)
+            pipeline.learn_labels(_labels(batches[offset - 2]) if offset >= 2 else [])
+        return scores
+
+    reference = _pipeline(tmp_path / "ref")
+    expected = feed(reference, 0, 12)
+
+    first = _pipeline(tmp_path)
+    feed(first, 0, 8, snapshot_at=5)   # snapshot after batch 5; the worker dies after batch 7
+    first._snapshotter.shutdown(wait=True)
+    manifest = first.snapshots.manifests("transactions-model")[-1]
+    assert manifest["offsets"] == {"transactions:0": 5} and manifest["labels"] > 0
+
+    restored = _pipeline(tmp_path)
+    assert restored.learned_offset("transactions", 0) == 5
+    # batches 6 and 7 are replayed: already in the outputs, learned into the model again
+    # (with their labels, which arrive again as the labels topic is replayed from its own
+    # committed offset: here the labels learned after the snapshot, those of batch 3 first)
+    restored.learn_labels(_labels(batches[3]))
+    for offset in (6, 7):
+        restored.relearn("transactions", 0, batches[offset], offset)
+        restored.learn_labels(_labels(batches[offset - 2]))
+    assert feed(restored, 8, 12) == expected[800:]
+
+
+def test_an_incompatible_fraud_snapshot_starts_the_worker_cold(tmp_path, caplog):
+    store = SnapshotStore(tmp_path / "models")
+    store.save("transactions-model", {}, model="TransactionScorer",
+               state_version=STATE_VERSION + 1, feature_schema="x", offsets={"transactions:0": 9})
+    pipeline = _pipeline(tmp_path)
+    assert pipeline.transactions.n_labels == 0
+    assert pipeline.learned_offset("transactions", 0) == -1
+    assert "starts cold" in caplog.text and "Delete" in caplog.text
