@@ -111,9 +111,10 @@ def test_a_snapshot_of_other_features_is_refused(tmp_path):
 # ------------------------------------------------------------------ the worker's wiring
 
 def _pipeline(tmp_path, **model):
+    from test_agents_snapshot import CollectingOutputs
+
     from pipelines.app import Pipeline
     from pipelines.settings import ModelSettings, Settings
-    from test_agents_snapshot import CollectingOutputs
 
     settings = Settings()
     settings.__dict__["model"] = ModelSettings(snapshot_dir=tmp_path / "models",
