@@ -65,6 +65,7 @@ from river.tree.padded import PaddedBranch, PaddedLeaf
 from agents.features import RollingRank, calibrated, decision_of
 from agents.fraud_features import DAY_MS, TX_REASON_OF, TransactionFeatures, pack
 from agents.fraud_identity import APP_REASON_OF, ApplicationFeatures
+from agents.quality import RollingQuality
 from agents.snapshot import feature_schema_hash
 
 DETECTOR_FEATURE = "detector_rank"
@@ -91,7 +92,7 @@ class _Scorer:
                  label_ttl_s: float = 30 * 86_400, review_at: float = 0.7,
                  decline_at: float = 0.9, alert_share: float = 0.005,
                  negative_rate: float = 0.1, learning_rate: float = 0.001,
-                 n_reasons: int = 3) -> None:
+                 n_reasons: int = 3, quality_window: int = 5_000) -> None:
         if not 0.0 < negative_rate <= 1.0:
             raise ValueError(f"negative_rate: must be in (0, 1], got {negative_rate!r}")
         if not 0.0 <= review_at <= decline_at <= 1.0:
@@ -107,6 +108,9 @@ class _Scorer:
         self.negative_rate = negative_rate
         self.learning_rate = learning_rate
         self.n_reasons = n_reasons
+        self.quality_window = quality_window
+        # (score when scored, label) of the last labelled events: monitoring, not snapshotted
+        self.quality = RollingQuality(quality_window, review_at)
         self._rng = random.Random(seed)
         self._rank = RollingRank(2000)
         # HalfSpaceTrees wants features in [0, 1]; window_size is the reference window in events.
@@ -127,7 +131,7 @@ class _Scorer:
         # Refolding costs ~60 dict reads: done once per REFRESH_EVERY learned examples (the
         # weights move little in a few steps) and by ``sync()``.
         self._learned_since_refresh = 0
-        # event_id -> (event_time, features, label context); expiry in scoring order
+        # event_id -> (event_time, features, label context, score); expiry in scoring order
         self._pending: dict[str, tuple] = {}
         self._expiry: deque[tuple[int, str]] = deque()
         self._ttl_ms = int(label_ttl_s * 1000)
@@ -212,7 +216,7 @@ class _Scorer:
         event_id = event["event_id"]
         if event_id not in self._pending:
             self._expiry.append((t, event_id))
-        self._pending[event_id] = (t, pack(v), self._context(event))
+        self._pending[event_id] = (t, pack(v), self._context(event), score)
         if len(self._pending) > self.max_pending:
             self._expire(None)
         return score, v, reasons
@@ -284,7 +288,8 @@ class _Scorer:
         return True
 
     def _learn(self, entry: tuple, label: int, known_at: int) -> None:
-        t, v, context = entry
+        t, v, context, score = entry
+        self.quality.update(score, label)
         self._learn_context(context, t, label, known_at)
         self._n_labels += 1
         if label:
@@ -336,7 +341,7 @@ class _Scorer:
         det = self._detector
         pending = self._pending
         blob = array("f")
-        for _, v, _ in pending.values():
+        for _, v, _, _ in pending.values():
             blob.extend(v)
         return {
             "version": STATE_VERSION,
@@ -361,6 +366,7 @@ class _Scorer:
             "pending": {
                 "ids": list(pending), "times": [e[0] for e in pending.values()],
                 "contexts": [list(e[2]) for e in pending.values()],
+                "scores": [e[3] for e in pending.values()],
                 "width": len(self._names), "byteorder": sys.byteorder,
                 "values": base64.b64encode(blob.tobytes()).decode("ascii")},
             "expiry": [list(e) for e in self._expiry],
@@ -424,8 +430,9 @@ class _Scorer:
             blob.byteswap()
         w = p["width"]
         self._pending = {
-            event_id: (t, blob[i * w:(i + 1) * w], tuple(ctx))
-            for i, (event_id, t, ctx) in enumerate(zip(p["ids"], p["times"], p["contexts"]))}
+            event_id: (t, blob[i * w:(i + 1) * w], tuple(ctx), score)
+            for i, (event_id, t, ctx, score) in enumerate(
+                zip(p["ids"], p["times"], p["contexts"], p["scores"]))}
         self._expiry = deque((t, event_id) for t, event_id in state["expiry"])
         self._watermark = state["watermark"]
         self._n_seen, self._n_labels, self._n_fraud, self._n_expired = state["counts"]

@@ -58,7 +58,7 @@ from pipelines import metrics
 from pipelines.kafka import producer_config
 from pipelines.settings import Settings
 from pipelines.topics import (
-    AGGREGATES, ALERTS, APPLICATIONS, LABELS, METRIC_ANOMALIES, METRIC_SAMPLES,
+    AGGREGATES, ALERTS, APPLICATIONS, LABELS, METRIC_ANOMALIES, METRIC_SAMPLES, MODEL_QUALITY,
     RULES, SCORED_APPLICATIONS, SCORED_TRANSACTIONS, SYSTEM_METRICS, TRANSACTIONS, VALIDATED,
 )
 from schemas.outputs import METRIC_SAMPLE
@@ -104,8 +104,12 @@ class Pipeline:
     def __init__(self, settings: Settings, outputs: Outputs, bootstrap: str | None = None) -> None:
         m, a = settings.model, settings.alert
         self.outputs = outputs
-        self.transactions = TransactionScorer(seed=m.seed, label_ttl_s=m.label_ttl_s)
-        self.applications = ApplicationScorer(seed=m.seed, label_ttl_s=m.label_ttl_s)
+        self.transactions = TransactionScorer(seed=m.seed, label_ttl_s=m.label_ttl_s,
+                                              quality_window=m.quality_window)
+        self.applications = ApplicationScorer(seed=m.seed, label_ttl_s=m.label_ttl_s,
+                                              quality_window=m.quality_window)
+        self.quality_interval_s = m.quality_interval_s
+        self._quality_due = time.monotonic() + m.quality_interval_s
         self.anomaly_threshold = m.anomaly_threshold
         # One metric detector per input partition (series are keyed by host/metric, so a
         # series lives in one partition), snapshotted to files and restored with it.
@@ -358,9 +362,40 @@ class Pipeline:
                 metrics.LABELS_LEARNED.labels(label["target_stream"]).inc()
             else:
                 metrics.LABELS_UNMATCHED.labels(label["target_stream"]).inc()
+        self.maybe_publish_quality()
+
+    def maybe_publish_quality(self, *, force: bool = False) -> list[dict]:
+        """Publish each scorer's rolling quality (``model-quality`` topic and gauges), at
+        most every ``quality_interval_s``; the records sent (none when not due)."""
+        if not force and time.monotonic() < self._quality_due:
+            return []
+        self._quality_due = time.monotonic() + self.quality_interval_s
+        now = _now_ms()
+        records = []
+        for stream, scorer in self.fraud_scorers.items():
+            if len(scorer.quality):
+                records.append(quality_record(stream, "champion", scorer, now))
+        for record in records:
+            self.outputs.send(MODEL_QUALITY, f"{record['stream']}/{record['role']}", record)
+            labels = (record["stream"], record["role"])
+            for gauge, column in ((metrics.MODEL_ROC_AUC, "roc_auc"),
+                                  (metrics.MODEL_AVERAGE_PRECISION, "average_precision"),
+                                  (metrics.MODEL_PRECISION_AT_REVIEW, "precision_at_review"),
+                                  (metrics.MODEL_RECALL_AT_REVIEW, "recall_at_review")):
+                value = record[column]
+                gauge.labels(*labels).set(float("nan") if value is None else value)
+        return records
 
 
 FRAUD_SNAPSHOT = {TRANSACTIONS: "transactions-model", APPLICATIONS: "applications-model"}
+
+
+def quality_record(stream: str, role: str, scorer: Any, now_ms: int) -> dict:
+    """A ``model-quality`` record (``schemas.outputs.MODEL_QUALITY_RECORD``) of a scorer's
+    rolling quality; ``window_end`` is the latest event time the scorer has seen."""
+    return {"model_version": scorer.model_version, "stream": stream, "role": role,
+            "window_end": max(scorer._watermark, 0), **scorer.quality.summary(),
+            "computed_at": now_ms}
 
 
 def _strip(record: dict) -> dict:

@@ -38,3 +38,17 @@ SCORES = Histogram("riskstream_score", "Scores of scored events", ["stream"],
                    buckets=SCORE_BUCKETS)
 DECISIONS = Counter("riskstream_decisions_total", "Decisions of scored events",
                     ["stream", "decision"])
+
+# Model quality over the last labelled events (agents/quality.py), per stream and role
+# (champion | challenger); NaN while undefined (one class only in the window).
+MODEL_ROC_AUC = Gauge("riskstream_model_roc_auc", "ROC AUC over the last labelled events",
+                      ["stream", "role"])
+MODEL_AVERAGE_PRECISION = Gauge("riskstream_model_average_precision",
+                                "Average precision over the last labelled events",
+                                ["stream", "role"])
+MODEL_PRECISION_AT_REVIEW = Gauge("riskstream_model_precision_at_review",
+                                  "Precision at the review threshold, last labelled events",
+                                  ["stream", "role"])
+MODEL_RECALL_AT_REVIEW = Gauge("riskstream_model_recall_at_review",
+                               "Recall at the review threshold, last labelled events",
+                               ["stream", "role"])

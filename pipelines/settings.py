@@ -104,6 +104,10 @@ class ModelSettings(BaseSettings):
     # model and partition.
     snapshot_dir: Path | None = None
     snapshot_interval_s: float = Field(60.0, gt=0)
+    # Model quality (agents/quality.py) over the last quality_window labelled events per
+    # stream, published on model-quality and as gauges at most this often.
+    quality_window: int = Field(5_000, ge=1)
+    quality_interval_s: float = Field(60.0, gt=0)
 
 
 class AlertSettings(BaseSettings):

@@ -34,3 +34,26 @@ def test_undefined_metrics_are_none():
     s = q.summary()
     assert s["roc_auc"] is s["average_precision"] is s["recall_at_review"] is None
     assert s["precision_at_review"] is None  # nothing flagged
+
+
+def test_the_worker_publishes_quality_records_and_gauges(tmp_path):
+    from prometheus_client import REGISTRY
+    from test_agents_fraud_snapshot import _batch, _labels, _pipeline, transactions
+
+    from schemas.outputs import MODEL_QUALITY_RECORD
+
+    pipeline = _pipeline(tmp_path, quality_interval_s=3600)
+    events = transactions(600)
+    _batch(pipeline, events)
+    pipeline.learn_labels(_labels(events[:500]))    # not due yet: nothing published
+    assert not [r for t, r in pipeline.outputs.sent if t == "model-quality"]
+    records = pipeline.maybe_publish_quality(force=True)
+    assert [r for t, r in pipeline.outputs.sent if t == "model-quality"] == records
+    (record,) = records                              # applications saw no labels
+    assert set(record) == set(MODEL_QUALITY_RECORD.names)
+    assert record["stream"] == "transactions" and record["role"] == "champion"
+    assert record["n"] == 500 and record["positives"] == sum(e["fraud"] for e in events[:500])
+    assert 0.0 <= record["roc_auc"] <= 1.0
+    assert REGISTRY.get_sample_value("riskstream_model_roc_auc",
+                                     {"stream": "transactions", "role": "champion"}) \
+        == record["roc_auc"]
