@@ -185,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
 # ``func(args, settings) -> int`` on its parsers. Keeps this file from growing with every feature.
 COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.evaluate", "pipelines.bench", "pipelines.warehouse_cli", "pipelines.alerts_cli",
-    "pipelines.report",
+    "pipelines.report", "pipelines.models_cli",
 )
 
 
