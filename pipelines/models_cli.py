@@ -62,7 +62,7 @@ def _quality(lake: Path) -> list[dict]:
             SELECT stream, role, model_version, window_end, n, positives, roc_auc,
                    average_precision, precision_at_review, recall_at_review
             FROM model_quality ORDER BY window_end DESC LIMIT 1 BY stream, role""")
-    except Exception as exc:  # no lake yet, or no quality rows: say so, list the snapshots
+    except Exception as exc:  # noqa: BLE001 - no lake yet, or no quality rows: say so, list the snapshots
         return [{"error": f"model_quality not readable in {lake}: {exc}"}]
     return rows
 
