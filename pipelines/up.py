@@ -254,9 +254,8 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
         print(f"riskstream is up\n"
               f"  broker      {bootstrap}{' (embedded Tansu, in memory)' if broker else ''}\n"
               f"  lake        {lake}\n"
-              f"  status page http://{host}:{port}/   (JSON: /api/v1/status)\n"
-              f"  dashboard   http://{host}:{port}/   (live; /api/v1/metrics, "
-              f"/api/v1/metrics/realtime)\n"
+              f"  dashboard   http://{host}:{port}/   (live; JSON /api/v1/metrics, SSE "
+              f"/api/v1/metrics/realtime, status /api/v1/status)\n"
               f"  logs        {log_dir.resolve()}/\n"
               f"  query       riskstream sql \"SELECT count() FROM scored_transactions\"\n"
               f"  stop        Ctrl-C", flush=True)

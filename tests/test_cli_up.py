@@ -42,8 +42,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
         up = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "up", "--rate", "300"],
                               cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        page = wait_until(lambda: re.search(r"status page (http://\S+/)", out_path.read_text()),
-                          timeout_s=60, what="the status page URL").group(1)
+        page = wait_until(lambda: re.search(r"dashboard   (http://\S+/)", out_path.read_text()),
+                          timeout_s=60, what="the dashboard URL").group(1)
         assert "lake" in out_path.read_text()
 
         def lake_count() -> int:
