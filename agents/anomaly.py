@@ -311,7 +311,7 @@ class MetricScorer:
         level = s.level
         scale_floor = 1e-9 + 1e-6 * abs(level)
         mae = s.mae if s.mae > scale_floor else scale_floor
-        expected, scale = level, mae
+        expected = level
         e_level = x - level
         z = e_level / mae
         u = abs(z)
@@ -388,7 +388,7 @@ class MetricScorer:
             if best >= 0 and errs[best][1] is not None:
                 p = profiles[best]
                 _, e, pm = errs[best]
-                expected, scale = x - e, pm
+                expected = x - e
                 z = e / pm
                 u = abs(z)
                 zl = p.z

@@ -300,24 +300,18 @@ class Pipeline:
         observe = metrics.SCORES.labels(stream).observe
         decisions: Counter[str] = Counter()
         late = 0
-        if stream == TRANSACTIONS:
-            score = self.transactions.score_record
+        if stream in (TRANSACTIONS, APPLICATIONS):
+            scorer, topic, entity, group, value = (
+                (self.transactions, SCORED_TRANSACTIONS, "card_id", "merchant_id", "amount")
+                if stream == TRANSACTIONS else
+                (self.applications, SCORED_APPLICATIONS, "applicant_id", "product",
+                 "requested_amount"))
+            score = scorer.score_record
             for event in events:
                 record = score(event, now)
-                send(SCORED_TRANSACTIONS, event["card_id"], _strip(record))
-                late += not add(event["merchant_id"], event["event_time"], event["amount"],
-                                record["score"])
-                alert(stream, record, event["card_id"], now)
-                decisions[record["decision"]] += 1
-                observe(record["score"])
-        elif stream == APPLICATIONS:
-            score = self.applications.score_record
-            for event in events:
-                record = score(event, now)
-                send(SCORED_APPLICATIONS, event["applicant_id"], _strip(record))
-                late += not add(event["product"], event["event_time"], event["requested_amount"],
-                                record["score"])
-                alert(stream, record, event["applicant_id"], now)
+                send(topic, event[entity], _strip(record))
+                late += not add(event[group], event["event_time"], event[value], record["score"])
+                alert(stream, record, event[entity], now)
                 decisions[record["decision"]] += 1
                 observe(record["score"])
         else:

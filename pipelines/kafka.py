@@ -49,3 +49,24 @@ def readable(message: Message, log: logging.Logger, who: str) -> bool:
         raise KafkaException(error)
     log.warning("%s: consumer error: %s", who, error)
     return False
+
+
+def topic_ids(admin, topics: list[str], log: logging.Logger, who: str) -> dict[str, str | None]:
+    """Kafka's topic id per topic (None where the broker has none): it tells a recreated topic,
+    whose offsets start again at 0, from the one whose offsets a sink recorded."""
+    from confluent_kafka import TopicCollection
+
+    if admin is None or not topics:
+        return {}
+    ids: dict[str, str | None] = {}
+    for topic, future in admin.describe_topics(TopicCollection(topics)).items():
+        try:
+            topic_id = future.result(30).topic_id
+            text = str(topic_id) if topic_id is not None else ""
+            # A broker without topic ids answers the zero UUID: no id.
+            ids[topic] = text if text.strip("A=") else None
+        except KafkaException as exc:
+            log.warning("%s: no topic id for %s (%s): a recreated topic would resume at the "
+                        "old topic's offsets", who, topic, exc)
+            ids[topic] = None
+    return ids

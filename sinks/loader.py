@@ -47,12 +47,12 @@ from dataclasses import dataclass, field
 import orjson
 import pyarrow as pa
 from confluent_kafka import (
-    Consumer, KafkaException, Message, TopicCollection, TopicPartition,
+    Consumer, KafkaException, Message, TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Histogram
 
-from pipelines.kafka import consumer_config, readable
+from pipelines.kafka import consumer_config, readable, topic_ids
 from pipelines.settings import ClickHouseSettings, Settings
 from pipelines.topics import OUTPUT_TOPICS, TABLE_OF_TOPIC
 from sinks.lake import to_arrow
@@ -172,7 +172,8 @@ class Loader:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = {(tp.topic, tp.partition): tp.offset
                      for tp in consumer.committed(partitions, timeout=30)}
-        self.topic_ids.update(self._describe(sorted({tp.topic for tp in partitions})))
+        topics = sorted({tp.topic for tp in partitions})
+        self.topic_ids.update(topic_ids(self.admin, topics, log, "loader"))
         planned = self._retry("the batch log", lambda: self._planned(committed), poll=False)
         for tp in partitions:
             key = (tp.topic, tp.partition)
@@ -201,20 +202,6 @@ class Loader:
             planned.setdefault((r["topic"], int(r["partition"])), []).append(
                 (int(r["first_offset"]), int(r["last_offset"])))
         return planned
-
-    def _describe(self, topics: list[str]) -> dict[str, str | None]:
-        if self.admin is None or not topics:
-            return {}
-        ids: dict[str, str | None] = {}
-        for topic, future in self.admin.describe_topics(TopicCollection(topics)).items():
-            try:
-                topic_id = future.result(30).topic_id
-                text = str(topic_id) if topic_id is not None else ""
-                ids[topic] = text if text.strip("A=") else None
-            except KafkaException as exc:
-                log.warning("loader: no topic id for %s (%s)", topic, exc)
-                ids[topic] = None
-        return ids
 
     def _on_drop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Always safe to drop: the next owner re-reads from the committed offset and cuts the

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import (
-    Consumer, KafkaException, Message, TopicCollection, TopicPartition,
+    Consumer, KafkaException, Message, TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Histogram
 
-from pipelines.kafka import consumer_config, readable
+from pipelines.kafka import consumer_config, readable, topic_ids
 from pipelines.settings import Settings
 from pipelines.topics import OUTPUT_TOPICS, TABLE_OF_TOPIC
 from sinks.lake import LakeWriter
@@ -140,7 +140,7 @@ class LakeSink:
         committed = {(tp.topic, tp.partition): max(tp.offset, -1)
                      for tp in consumer.committed(partitions, timeout=30)}
         topics = sorted({tp.topic for tp in partitions})
-        self.topic_ids.update(self._describe(topics))
+        self.topic_ids.update(topic_ids(self.admin, topics, log, "sink"))
         recovered = {topic: self.lake.recover(topic, self.topic_ids.get(topic))
                      for topic in topics}
         start = []
@@ -155,22 +155,6 @@ class LakeSink:
             # Negative: nothing committed anywhere, auto.offset.reset (earliest) applies.
             start.append(TopicPartition(tp.topic, tp.partition, offset) if offset >= 0 else tp)
         consumer.assign(start)
-
-    def _describe(self, topics: list[str]) -> dict[str, str | None]:
-        if self.admin is None or not topics:
-            return {}
-        ids: dict[str, str | None] = {}
-        for topic, future in self.admin.describe_topics(TopicCollection(topics)).items():
-            try:
-                topic_id = future.result(30).topic_id
-                text = str(topic_id) if topic_id is not None else ""
-                # A broker without topic ids answers the zero UUID: no id.
-                ids[topic] = text if text.strip("A=") else None
-            except KafkaException as exc:
-                log.warning("sink: no topic id for %s (%s): a recreated topic would resume at "
-                            "the old topic's lake offsets", topic, exc)
-                ids[topic] = None
-        return ids
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Flush rather than drop: we still own the partitions during this callback, so the

@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from pipelines.report import (
-    CHARTS, LakeSource, collect, parse_duration_s, period_for, psi, render_html, write_report,
+    CHARTS, LakeSource, collect, parse_duration_s, period_for, psi, render_html,
 )
 from processes import ROOT
 from sinks.clickhouse import query_rows
