@@ -111,9 +111,10 @@ def ceiling(bootstrap: str, n: int) -> float:
 
 
 def faust_count(bootstrap: str, n: int, timeout_s: float = 300) -> float:
+    # Faust's worker redirects print() into its logger, which writes to stderr: read both.
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.bench_faust", bootstrap, str(n)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
     result: dict = {}
 
     def read() -> None:
@@ -279,10 +280,10 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
         messages = generate(events)
         produce_eps = produce(bootstrap, messages)
         del messages
-        _say("2/4 ceiling: confluent-kafka batch consume ...")
-        ceiling_eps = ceiling(bootstrap, events)
-        _say("3/4 Faust count-only agent ...")
+        _say("2/4 Faust count-only agent ...")
         faust_eps = faust_count(bootstrap, events)
+        _say("3/4 ceiling: confluent-kafka batch consume ...")
+        ceiling_eps = ceiling(bootstrap, events)
         _say("4/4 full pipeline: worker + sink ...")
         env = {**os.environ, "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
                "RISKSTREAM_LAKE_PATH": str(work / "lake"),
