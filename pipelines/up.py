@@ -132,8 +132,19 @@ class Status:
     broker_pid: int | None = None
     started: float = field(default_factory=time.monotonic)
     last: dict = field(default_factory=dict)
+    _collected: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def fresh(self, max_age_s: float = 1.0) -> dict:
+        """The status, collected again when the last collection is older than ``max_age_s``
+        (the status line's 5 s rhythm is too slow for an API client)."""
+        with self._lock:
+            if time.monotonic() - self._collected > max_age_s:
+                self.collect()
+        return self.last
 
     def collect(self) -> dict:
+        self._collected = time.monotonic()
         samples = [x for child in self.children for x in scrape(child.metrics_port)]
         rejected: dict[str, int] = {}
         for name, labels, value in samples:
@@ -184,11 +195,12 @@ def serve_status(status: Status, host: str, port: int,
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             if self.path.startswith("/api/v1/status"):
-                body, ctype = json.dumps(status.last).encode(), "application/json"
+                body, ctype = json.dumps(status.fresh()).encode(), "application/json"
             elif dashboard is not None and dashboard.handle(self):
                 return
             elif self.path in ("/", "/index.html", "/status"):
-                rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in status.last.items())
+                rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>"
+                               for k, v in status.fresh().items())
                 body = (PAGE % {"bootstrap": status.bootstrap, "lake": status.lake,
                                 "rows": rows}).encode()
                 ctype = "text/html; charset=utf-8"
