@@ -30,7 +30,6 @@ from collections.abc import Iterable
 
 import orjson
 
-from agents.features import BoundedDict
 from agents.lifecycle import Lifecycle
 from agents.rules import Rule, RuleSet
 
@@ -388,36 +387,3 @@ def alert_row(alert: dict) -> dict:
 
 def rows(alerts: Iterable[dict]) -> list[dict]:
     return [alert_row(a) for a in alerts]
-
-
-class ScoreThresholdRule:
-    """The first alert rule, kept for callers of the old API: ``score >= threshold`` with a
-    cooldown per entity in event time. The engine above supersedes it (rules from YAML)."""
-
-    def __init__(self, name: str, stream: str, *, threshold: float, severity: str = "warning",
-                 cooldown_ms: int = 300_000, max_entities: int = 100_000) -> None:
-        self.name = name
-        self.stream = stream
-        self.threshold = threshold
-        self.severity = severity
-        self.cooldown_ms = cooldown_ms
-        self._last_fired: BoundedDict[str, int] = BoundedDict(max_entities)
-
-    def evaluate(self, record: dict, entity: str, created_at_ms: int) -> dict | None:
-        score = record["score"]
-        if score < self.threshold:
-            return None
-        t = record["event_time"]
-        last = self._last_fired.get(entity)
-        if last is not None and 0 <= t - last < self.cooldown_ms:
-            return None
-        self._last_fired[entity] = t
-        reasons = record.get("reasons") or ([record["reason"]] if record.get("reason") else [])
-        summary = (f"{self.stream} {entity}: score {score:.3f} >= {self.threshold:.2f}"
-                   + (f" ({', '.join(reasons)})" if reasons else ""))
-        return {
-            "alert_id": alert_id(self.name, record["event_id"]), "rule": self.name,
-            "severity": self.severity, "stream": self.stream, "entity": entity,
-            "event_id": record["event_id"], "event_time": t, "value": score,
-            "threshold": self.threshold, "summary": summary, "created_at": created_at_ms,
-        }

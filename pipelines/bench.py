@@ -33,7 +33,7 @@ from pipelines.kafka import producer_config
 from pipelines.settings import Settings
 from pipelines.simulator import SimConfig, Simulator
 from pipelines.topics import INPUT_TOPICS, METRIC_SAMPLES, SCORED_APPLICATIONS, SCORED_TRANSACTIONS
-from pipelines.up import scrape, total
+from pipelines.up import Child, scrape, total
 
 SCORED_TOPICS = (SCORED_TRANSACTIONS, SCORED_APPLICATIONS, METRIC_SAMPLES)
 
@@ -135,44 +135,30 @@ def faust_count(bootstrap: str, n: int, timeout_s: float = 300) -> float:
     return result.get("eps", float("nan"))
 
 
-class Stage:
-    """A worker or sink process of the bench, with its metrics endpoint."""
-
-    def __init__(self, command: str, env: dict[str, str], log_dir: Path) -> None:
-        self.port = free_port()
-        self.log = open(log_dir / f"{command}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", command],
-            env={**env, "RISKSTREAM_METRICS_PORT": str(self.port)},
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def samples(self) -> list:
-        return scrape(self.port)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+def stage(command: str, env: dict[str, str], log_dir: Path) -> Child:
+    """A worker or sink process of the bench: `riskstream up`'s child, never restarted."""
+    port = free_port()
+    child = Child(command, [command], {**env, "RISKSTREAM_METRICS_PORT": str(port)}, port,
+                  log_dir / f"{command}.log", restart=False)
+    child.start()
+    return child
 
 
 def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
              load_s: float) -> dict:
-    worker = Stage("worker", env, log_dir)
-    sink = Stage("sink", env, log_dir)
+    worker = stage("worker", env, log_dir)
+    sink = stage("sink", env, log_dir)
     try:
         # (4) the backlog: from the first event the gateway reads to the last one scored.
         first = done = None
         cpu0: dict[int, float] = {}
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            w = worker.samples()
+            w = scrape(worker.metrics_port)
             read = total(w, "riskstream_events_in_total")
             if read and first is None:
                 first = time.perf_counter()
-                cpu0 = {p.proc.pid: _proc_cpu_s(p.proc.pid) for p in (worker, sink)}
+                cpu0 = {p.process.pid: _proc_cpu_s(p.process.pid) for p in (worker, sink)}
             handled = (total(w, "riskstream_scored_total") + total(w, "riskstream_rejected_total")
                        + total(w, "riskstream_validated_total", stream="labels"))
             if first and read >= n and handled >= n:
@@ -191,8 +177,8 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         rate = eps / 2
         _say(f"  latency at half load: {rate:,.0f} events/s for {load_s:.0f} s")
         scored_ms, lake_ms = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]))
-        rss = {"worker": _proc_peak_rss_mb(worker.proc.pid),
-               "sink": _proc_peak_rss_mb(sink.proc.pid)}
+        rss = {"worker": _proc_peak_rss_mb(worker.process.pid),
+               "sink": _proc_peak_rss_mb(sink.process.pid)}
         return {"pipeline_eps": eps, "cpu_s_per_1000_events": cpu_per_1000,
                 "latency_ms": _percentiles(scored_ms), "latency_to_lake_ms": _percentiles(lake_ms),
                 "offered_load_eps": rate, "rss_mb": rss}

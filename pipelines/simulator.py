@@ -657,12 +657,20 @@ class _Run:
         label = (0, "genuine") if self.rng.random() < self.cfg.genuine_label_share else None
         return self._tx_message(fields, now_ms, label)
 
-    def _tx_message(
-        self, fields: dict[str, Any], now_ms: int, label: tuple[int, str] | None
+    # stream -> (event id prefix, partition key field)
+    _WIRE = {TRANSACTIONS: ("tx", "card_id"), APPLICATIONS: ("ap", "applicant_id")}
+
+    def _message(
+        self, stream: str, fields: dict[str, Any], now_ms: int, label: tuple[int, str] | None
     ) -> SimMessage:
-        out = {"event_id": self.event_id("tx"), "event_time": self.wire_time(now_ms)}
+        prefix, key = self._WIRE[stream]
+        out = {"event_id": self.event_id(prefix), "event_time": self.wire_time(now_ms)}
         out.update(fields)
-        return self.emit(TRANSACTIONS, fields["card_id"], out, now_ms, label)
+        return self.emit(stream, fields[key], out, now_ms, label)
+
+    def _tx_message(self, fields: dict[str, Any], now_ms: int,
+                    label: tuple[int, str] | None) -> SimMessage:
+        return self._message(TRANSACTIONS, fields, now_ms, label)
 
     def _pick_card(self) -> _Card:
         sim = self.sim
@@ -845,12 +853,9 @@ class _Run:
         label = (0, "genuine") if self.rng.random() < self.cfg.genuine_label_share else None
         return self._app_message(fields, now_ms, label)
 
-    def _app_message(
-        self, fields: dict[str, Any], now_ms: int, label: tuple[int, str] | None
-    ) -> SimMessage:
-        out = {"event_id": self.event_id("ap"), "event_time": self.wire_time(now_ms)}
-        out.update(fields)
-        return self.emit(APPLICATIONS, fields["applicant_id"], out, now_ms, label)
+    def _app_message(self, fields: dict[str, Any], now_ms: int,
+                     label: tuple[int, str] | None) -> SimMessage:
+        return self._message(APPLICATIONS, fields, now_ms, label)
 
     def _applicant_id(self) -> str:
         self.n_applicants += 1

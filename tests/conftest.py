@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipelines.broker import EmbeddedBroker, ensure_topics
+from pipelines.topics import OUTPUT_TOPICS
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,15 @@ def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as embedded:
         ensure_topics(embedded.bootstrap, partitions=4)
         yield embedded
+
+
+@pytest.fixture
+def bootstrap() -> Iterator[str]:
+    """A broker of the test's own with the output topics (4 partitions).
+
+    Not the shared session broker: sinks and loaders read every output topic from the
+    earliest offset, so each test needs topics no other test writes (Tansu starts in 0.2 s).
+    """
+    with EmbeddedBroker() as embedded:
+        ensure_topics(embedded.bootstrap, partitions=4, topics=OUTPUT_TOPICS)
+        yield embedded.bootstrap

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 from agents.aggregate import WindowAggregator
-from agents.alerting import ScoreThresholdRule, alert_id
+from agents.alerting import AlertEngine, alert_id
 from agents.anomaly import MetricScorer
+from agents.rules import parse_rules
 from agents.fraud import ApplicationScorer, TransactionScorer
 from agents.validate import Deduplicator
 
@@ -113,12 +114,23 @@ def test_deduplicator_forgets_after_the_ttl():
     assert not dedup.seen(tp, "e1", T0 + 120_001)
 
 
-def test_threshold_rule_fires_once_per_cooldown_with_a_stable_id():
-    rule = ScoreThresholdRule("high", "transactions", threshold=0.9, cooldown_ms=300_000)
+def test_threshold_rule_fires_once_then_resolves_then_fires_again_with_stable_ids():
+    rule = ("rules:\n  - {name: high, stream: transactions, field: score, value: 0.9, "
+            "resolve_after: 1m, cooldown: 5m}\n")
+    engine = AlertEngine(parse_rules(rule), grace_ms=0)
     hot = {"event_id": "e1", "event_time": T0, "score": 0.95, "reasons": ["new_country"]}
-    alert = rule.evaluate(hot, "c1", T0)
+
+    def observe(record: dict, entity: str = "c1") -> list[dict]:
+        return engine.observe("transactions", record, entity, T0, "transactions:0")
+
+    [alert] = observe(hot)
     assert alert["alert_id"] == alert_id("high", "e1") and "new_country" in alert["summary"]
-    # 2nd hot event on the same card 1 minute later: inside the cooldown
-    assert rule.evaluate({**hot, "event_id": "e2", "event_time": T0 + 60_000}, "c1", T0) is None
-    assert rule.evaluate({**hot, "event_id": "e3", "event_time": T0 + 400_000}, "c1", T0)
-    assert rule.evaluate({**hot, "event_id": "e4", "score": 0.5}, "c2", T0) is None
+    # 2nd hot event on the same card 1 minute later: the alert is still firing, no new one
+    assert observe({**hot, "event_id": "e2", "event_time": T0 + 60_000}) == []
+    # quiet for more than resolve_after: one resolved notification
+    assert observe({**hot, "event_id": "q", "score": 0.1, "event_time": T0 + 200_000}) == []
+    assert [a["status"] for a in engine.tick("transactions", T0)] == ["resolved"]
+    # after the cooldown the card alerts again
+    assert [a["event_id"] for a in observe({**hot, "event_id": "e3",
+                                            "event_time": T0 + 600_000})] == ["e3"]
+    assert observe({**hot, "event_id": "e4", "score": 0.5}, "c2") == []

@@ -9,14 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from lake_fixtures import ID_COLUMN, make_record, produce, wait_until
 from processes import ROOT, Process
 
-from pipelines.broker import EmbeddedBroker, ensure_topics
 from pipelines.kafka import consumer_config
 from pipelines.settings import Settings
 from pipelines.topics import (
@@ -33,12 +31,6 @@ GROUP = "riskstream-loader-test"
 # Recent times: the tables' TTLs (90 days) drop older rows at insert.
 T_MS = (int(time.time()) // 3600 - 3) * 3_600_000
 
-
-@pytest.fixture
-def bootstrap() -> Iterator[str]:
-    with EmbeddedBroker() as broker:
-        ensure_topics(broker.bootstrap, partitions=PARTITIONS, topics=OUTPUT_TOPICS)
-        yield broker.bootstrap
 
 
 @pytest.fixture

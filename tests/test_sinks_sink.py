@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +33,6 @@ PARTITIONS = 4
 GROUP = "riskstream-sink-test"
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture
-def bootstrap() -> Iterator[str]:
-    # Not the shared session broker: the sink reads every output topic from the earliest
-    # offset, so each test needs topics no other test writes (Tansu starts in 0.2 s).
-    with EmbeddedBroker() as broker:
-        ensure_topics(broker.bootstrap, partitions=PARTITIONS, topics=OUTPUT_TOPICS)
-        yield broker.bootstrap
 
 
 @pytest.fixture
