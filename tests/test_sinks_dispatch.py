@@ -78,7 +78,16 @@ def settings(**alert) -> Settings:
     return s
 
 
-def records(bootstrap: str, topic: str) -> list[dict]:
+def records(bootstrap: str, topic: str, where, count: int) -> list[dict]:
+    """The records of ``topic`` that satisfy ``where``, once at least ``count`` of them are readable
+    (a fresh consumer's first fetch can come back empty: wait on the condition, not one poll)."""
+    def matching() -> list[dict]:
+        found = [r for r in read_topic(bootstrap, topic) if where(r)]
+        return found if len(found) >= count else []
+    return wait_until(matching, timeout_s=30, what=f"{count} matching records on {topic}")
+
+
+def read_topic(bootstrap: str, topic: str) -> list[dict]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{time.monotonic()}",
                   "enable.auto.commit": False})
     out = []
@@ -107,7 +116,7 @@ def test_a_channel_failing_three_times_then_succeeding_delivers_exactly_once(bro
         assert receiver.accepted == ["flaky-1"] and len(receiver.attempts) == 4
         # redelivered (a replay of the alerts topic): already settled, not sent again
         assert d.deliver(alert, threading.Event()) and len(receiver.attempts) == 4
-        mine = [r for r in records(broker.bootstrap, "alert-deliveries") if r["alert_id"] == "flaky-1"]
+        mine = records(broker.bootstrap, "alert-deliveries", lambda r: r["alert_id"] == "flaky-1", 4)
         assert [(r["attempt"], r["outcome"], r["status_code"]) for r in mine] == [
             (1, "failed", 503), (2, "failed", 503), (3, "failed", 503), (4, "delivered", 204)]
         assert mine[0]["delivery_id"] == "flaky-1:webhook:1" and mine[-1]["latency_ms"] > 0
@@ -121,10 +130,10 @@ def test_an_error_retries_cannot_fix_goes_to_dead_letter_at_once(broker, tmp_pat
         d = dispatcher(broker, tmp_path, [WebhookChannel(receiver.url)])
         assert d.deliver(make_alert(alert_id="bad-1"), threading.Event())
         assert len(receiver.attempts) == 1 and receiver.accepted == []
-        dead = [r for r in records(broker.bootstrap, "dead-letter") if r["key"] == "bad-1"]
+        dead = records(broker.bootstrap, "dead-letter", lambda r: r["key"] == "bad-1", 1)
         assert dead[0]["kind"] == "undeliverable" and "HTTP 400" in dead[0]["reason"]
-        outcomes = [r["outcome"] for r in records(broker.bootstrap, "alert-deliveries")
-                    if r["alert_id"] == "bad-1"]
+        outcomes = [r["outcome"] for r in records(broker.bootstrap, "alert-deliveries",
+                                                  lambda r: r["alert_id"] == "bad-1", 2)]
         assert outcomes == ["failed", "undeliverable"]
     finally:
         receiver.close()
@@ -139,7 +148,7 @@ def test_silenced_alerts_are_recorded_not_sent(broker, tmp_path):
         d = dispatcher(broker, tmp_path, [WebhookChannel(receiver.url)])
         d.deliver(make_alert(alert_id="quiet-1"), threading.Event())
         assert receiver.attempts == []
-        rec = [r for r in records(broker.bootstrap, "alert-deliveries") if r["alert_id"] == "quiet-1"]
+        rec = records(broker.bootstrap, "alert-deliveries", lambda r: r["alert_id"] == "quiet-1", 1)
         assert rec[0]["outcome"] == "silenced" and silence.silence_id in rec[0]["error"]
         # expired: the next alert goes out
         assert store.expire(silence.silence_id)
