@@ -13,10 +13,29 @@ incompatible snapshot instead of silently mis-scoring with it:
 
 Snapshots go to a directory (``RISKSTREAM_MODEL_SNAPSHOT_DIR``): per-card and per-series
 state is far larger than a Kafka message. Workers on several hosts point it at shared storage.
+
+Roles
+-----
+A fraud model's snapshot name is a *slot* that always holds the same model's lineage; which
+slot is the champion and which the challenger of a stream is written in ``roles.json`` in the
+same directory (``agents/champion.py``)::
+
+    {"transactions": {"champion": "transactions-challenger",
+                      "challenger": "transactions-model",
+                      "history": [{"at_ms": 1790000000000, "champion": "transactions-challenger",
+                                   "challenger": "transactions-model"}]}}
+
+A stream without an entry has the default slots ``<stream>-model`` (champion, the name used
+before roles existed) and ``<stream>-challenger``. ``promote`` swaps the two, appends to the
+history and rewrites the file atomically (temporary file, fsync, rename) under a lock: a
+reader sees the old roles or the new ones, never half a file. Workers only read it, at start:
+a running worker keeps writing each model to its own slot, so a promote loses nothing and
+takes effect when the worker restarts.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -33,6 +52,9 @@ from pipelines.errors import RiskstreamError
 
 FORMAT = 1
 KEEP = 3  # snapshots kept per name: the latest and two to roll back to
+ROLES_FILE = "roles.json"
+ROLES = ("champion", "challenger")
+HISTORY_KEEP = 50  # promotions remembered per stream in roles.json
 
 
 class SnapshotIncompatible(RiskstreamError):
@@ -42,6 +64,19 @@ class SnapshotIncompatible(RiskstreamError):
     labels (scores are cold until enough labels arrived), or run the riskstream version that
     wrote it.
     """
+
+
+class NothingToPromote(RiskstreamError):
+    """A promote was asked for a stream whose challenger has no snapshot yet.
+
+    Operator action: enable the challenger (``RISKSTREAM_MODEL_CHALLENGER_ENABLED=true``), let
+    the worker write its first snapshot (``riskstream models list`` shows it), then promote.
+    """
+
+
+def default_slots(stream: str) -> dict[str, str]:
+    """The snapshot names of a stream's roles before any promote."""
+    return {"champion": f"{stream}-model", "challenger": f"{stream}-challenger"}
 
 
 def feature_schema_hash(names: list[str] | tuple[str, ...]) -> str:
@@ -106,6 +141,57 @@ class SnapshotStore:
     def manifests(self, name: str) -> list[dict]:
         """Manifests of ``name``, oldest first."""
         return [json.loads(p.read_text()) for p in sorted(self._dir(name).glob("*.manifest.json"))]
+
+    # ----------------------------------------------------------------------------- roles
+
+    def roles(self) -> dict[str, dict]:
+        """Everything in ``roles.json``: stream -> champion, challenger slots and history."""
+        path = self.root / ROLES_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def slots(self, stream: str) -> dict[str, str]:
+        """The snapshot names of the stream's champion and challenger (defaults if unset)."""
+        entry = self.roles().get(stream, {})
+        return {role: entry.get(role, default) for role, default in default_slots(stream).items()}
+
+    def promote(self, stream: str, *, now_ms: int | None = None) -> dict:
+        """Make the stream's challenger the champion and the champion the challenger.
+
+        Returns the stream's new entry (with ``promoted_ms`` and its history). The worker
+        loads the new roles at its next start.
+
+        Raises
+        ------
+        NothingToPromote
+            The challenger's slot holds no snapshot (there is nothing to make champion).
+        """
+        at_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / (ROLES_FILE + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one promote at a time: read-modify-write
+            roles = self.roles()
+            old = self.slots(stream)
+            if not self.manifests(old["challenger"]):
+                raise NothingToPromote(
+                    f"{stream}: the challenger {old['challenger']!r} has no snapshot in "
+                    f"{self.root}; nothing to promote")
+            entry = roles.get(stream, {})
+            history = [*entry.get("history", []),
+                       {"at_ms": at_ms, "champion": old["challenger"],
+                        "challenger": old["champion"]}][-HISTORY_KEEP:]
+            roles[stream] = {"champion": old["challenger"], "challenger": old["champion"],
+                             "promoted_ms": at_ms, "history": history}
+            self._write_roles(roles)
+        return roles[stream]
+
+    def _write_roles(self, roles: dict) -> None:
+        path = self.root / ROLES_FILE
+        tmp = path.with_suffix(".json.tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(roles, indent=2, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.exists() else []

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from agents.aggregate import WindowAggregator
-from agents.snapshot import KEEP, SnapshotIncompatible, SnapshotStore
+from agents.snapshot import KEEP, ROLES_FILE, NothingToPromote, SnapshotIncompatible, SnapshotStore
 from pipelines.app import Pipeline
 from pipelines.settings import ModelSettings, Settings
 from pipelines.topics import SYSTEM_METRICS
@@ -90,3 +90,30 @@ def test_a_silent_series_raises_its_own_anomaly(tmp_path):
     silent = [r for t, r in pipeline.outputs.sent
               if t == "metric-anomalies" and r["reason"] == "silent"]
     assert [(r["host"], r["metric"]) for r in silent] == [("web-1", "cpu")]
+
+
+def test_roles_default_then_promote_swaps_them_with_a_timestamped_history(tmp_path):
+    store = SnapshotStore(tmp_path)
+    defaults = {"champion": "transactions-model", "challenger": "transactions-challenger"}
+    assert store.roles() == {} and store.slots("transactions") == defaults
+    with pytest.raises(NothingToPromote, match="no snapshot"):
+        store.promote("transactions")
+    assert not (tmp_path / ROLES_FILE).exists()
+    for name in defaults.values():
+        store.save(name, {"name": name}, model="M", state_version=1, feature_schema="f",
+                   offsets={"transactions:0": 5})
+    entry = store.promote("transactions", now_ms=T0)
+    assert store.slots("transactions") == {"champion": "transactions-challenger",
+                                           "challenger": "transactions-model"}
+    assert entry["promoted_ms"] == T0 and entry["history"] == [
+        {"at_ms": T0, "champion": "transactions-challenger", "challenger": "transactions-model"}]
+    # a second promote swaps back; other streams keep their defaults
+    store.promote("transactions", now_ms=T0 + 1)
+    assert store.slots("transactions") == defaults
+    assert [h["at_ms"] for h in store.roles()["transactions"]["history"]] == [T0, T0 + 1]
+    assert store.slots("applications")["champion"] == "applications-model"
+    # written by rename: no temporary file left; roles.json is not a snapshot name
+    assert not list(tmp_path.glob("*.tmp")) and ROLES_FILE not in store.names()
+    snap = store.load(store.slots("transactions")["champion"], model="M", state_version=1,
+                      feature_schema="f")
+    assert snap.state == {"name": "transactions-model"}
