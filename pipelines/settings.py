@@ -108,6 +108,20 @@ class ModelSettings(BaseSettings):
     # stream, published on model-quality and as gauges at most this often.
     quality_window: int = Field(5_000, ge=1)
     quality_interval_s: float = Field(60.0, gt=0)
+    # Champion and challenger (agents/champion.py). Off by default: one model per stream and
+    # no cost. On, a challenger scores every fraud event in shadow and learns every label.
+    challenger_enabled: bool = False
+    # Share of events (a hash of event_id: deterministic, replays decide alike) whose output
+    # is the challenger's score and decision; 0 is shadow only.
+    challenger_share: float = Field(0.0, ge=0, le=1)
+    # What makes a new challenger differ: scorer arguments as JSON, e.g.
+    # RISKSTREAM_MODEL_CHALLENGER_PARAMS='{"learning_rate": 0.003, "negative_rate": 0.2}'
+    # (seed, min_labels, learning_rate, negative_rate, review_at, decline_at, alert_share,
+    # n_reasons). Used when the challenger's slot has no snapshot; a snapshot keeps its own.
+    challenger_params: dict[str, int | float] = Field(default_factory=dict)
+    # A new challenger starts as a copy of the champion's state ("copy": same history,
+    # differs from now on by its params) or untrained ("cold": learns from the labels).
+    challenger_start: str = Field("copy", pattern=r"^(copy|cold)$")
 
 
 class AlertSettings(BaseSettings):
