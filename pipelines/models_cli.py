@@ -1,8 +1,15 @@
-"""``riskstream models list|rollback``: the model snapshots, their manifests and quality.
+"""``riskstream models list|promote|rollback``: model snapshots, roles, quality.
 
-- ``models list`` shows every snapshot (``agents/snapshot.py`` manifests: seq, model, state
-  version, labels learned, offsets, age) and the latest ``model_quality`` rows of the lake.
-- ``models rollback --model transactions-model`` makes the previous snapshot the latest: it
+- ``models list`` shows each fraud stream's roles (``roles.json``: which snapshot slot is the
+  champion and which the challenger, when last promoted) with the latest quality row of each
+  role, then every snapshot (``agents/snapshot.py`` manifests: seq, model, role and
+  parameters at the time, labels learned, offsets, age).
+- ``models promote --stream transactions`` makes the challenger the champion and the champion
+  the challenger (``SnapshotStore.promote``: recorded with a timestamp in ``roles.json``,
+  written atomically). The worker reads the roles at start: restart it. Until then it goes on
+  with the old roles, writing each model to its own slot, so nothing is lost either way.
+- ``models rollback --model transactions-model`` (or ``--stream transactions [--role
+  challenger]``: the slot the role names) makes the previous snapshot the latest: it
   is copied as a new seq whose manifest says ``rolled_back_from`` (the seq it replaces), so
   the history stays readable and a second rollback goes one step further back. The worker
   picks it up at its next start (restart it: a running worker would overwrite it with its
@@ -19,7 +26,8 @@ from pathlib import Path
 
 import orjson
 
-from agents.snapshot import SnapshotStore
+from agents.champion import SCORERS
+from agents.snapshot import ROLES, SnapshotStore
 from pipelines.errors import RiskstreamError
 from pipelines.settings import Settings
 
@@ -40,7 +48,7 @@ def _store(args: argparse.Namespace, settings: Settings) -> SnapshotStore:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="model snapshots, quality and rollback")
+    models = sub.add_parser("models", help="model snapshots, roles, quality; promote and rollback")
     cmd = models.add_subparsers(dest="models_command", required=True)
     ls = cmd.add_parser("list", help="snapshots with their manifests, latest quality")
     ls.add_argument("--snapshot-dir", default=None,
@@ -48,8 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--lake", default=None, help="lake directory (default RISKSTREAM_LAKE_PATH)")
     ls.add_argument("--json", action="store_true", help="one JSON document")
     ls.set_defaults(func=cmd_list)
+    pr = cmd.add_parser("promote", help="make a stream's challenger its champion (and the "
+                        "champion its challenger); restart the worker to apply")
+    pr.add_argument("--stream", required=True, choices=sorted(SCORERS))
+    pr.add_argument("--snapshot-dir", default=None)
+    pr.set_defaults(func=cmd_promote)
     rb = cmd.add_parser("rollback", help="make the previous snapshot of a model the latest")
-    rb.add_argument("--model", required=True, help="e.g. transactions-model")
+    which = rb.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a snapshot name, e.g. transactions-model")
+    which.add_argument("--stream", choices=sorted(SCORERS),
+                       help="the snapshot of this stream's --role")
+    rb.add_argument("--role", choices=ROLES, default="champion")
     rb.add_argument("--snapshot-dir", default=None)
     rb.set_defaults(func=cmd_rollback)
 
@@ -67,25 +84,69 @@ def _quality(lake: Path) -> list[dict]:
     return rows
 
 
+def roles(store: SnapshotStore, quality: list[dict]) -> dict[str, dict]:
+    """Per fraud stream: each role's slot, its latest snapshot and latest quality row, and
+    when the roles were last promoted."""
+    entries = store.roles()
+    out = {}
+    for stream in sorted(SCORERS):
+        slots = store.slots(stream)
+        doc: dict = {"promoted_ms": entries.get(stream, {}).get("promoted_ms")}
+        for role in ROLES:
+            manifests = store.manifests(slots[role])
+            doc[role] = {
+                "snapshot": slots[role],
+                "latest": manifests[-1] if manifests else None,
+                "quality": next((q for q in quality
+                                 if q.get("stream") == stream and q.get("role") == role), None)}
+        out[stream] = doc
+    return out
+
+
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(args, settings)
     lake = Path(args.lake) if args.lake else settings.lake.path
-    doc = {"snapshots": {name: store.manifests(name) for name in store.names()},
-           "quality": _quality(lake)}
+    quality = _quality(lake)
+    doc = {"roles": roles(store, quality),
+           "snapshots": {name: store.manifests(name) for name in store.names()},
+           "quality": quality}
     if args.json:
         print(orjson.dumps(doc, default=str).decode())
         return 0
     now = time.time() * 1000
+    print("roles (the worker loads them at start)")
+    for stream, entry in doc["roles"].items():
+        when = entry["promoted_ms"]
+        print(f"{stream}" + (f"  promoted {(now - when) / 60_000:.1f} min ago" if when else ""))
+        for role in ROLES:
+            r = entry[role]
+            latest = r["latest"]
+            snap = (f"#{latest['seq']} labels={latest.get('labels', '-')} "
+                    f"params={latest.get('params', {})}" if latest else "no snapshot")
+            q = r["quality"]
+            qual = ("  ".join(f"{k}={q.get(k)}" for k in (
+                "n", "roc_auc", "average_precision", "precision_at_review", "recall_at_review"))
+                if q else "no quality row")
+            print(f"  {role:<10} {r['snapshot']:<26} {snap}\n  {'':<10} {qual}")
+    print("snapshots")
     for name, manifests in doc["snapshots"].items():
         print(name)
         for m in manifests:
             back = f"  rolled back from {m['rolled_back_from']}" if "rolled_back_from" in m else ""
-            print(f"  #{m['seq']:<4} {m['model']} v{m['state_version']}  "
+            role = f" ({m['role']})" if "role" in m else ""
+            print(f"  #{m['seq']:<4} {m['model']} v{m['state_version']}{role}  "
                   f"{(now - m['created_ms']) / 60_000:8.1f} min ago  labels={m.get('labels', '-')}"
                   f"  offsets={m['offsets']}{back}")
     print("quality (latest per stream and role)")
     for row in doc["quality"]:
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    entry = _store(args, settings).promote(args.stream)
+    print(f"{args.stream}: champion is now {entry['champion']}, challenger "
+          f"{entry['challenger']}; restart the worker to apply")
     return 0
 
 
@@ -102,6 +163,7 @@ def rollback(store: SnapshotStore, name: str) -> dict:
             raise NothingToRollBack(f"{name}: no snapshot older than #{latest['rolled_back_to']}")
         previous = older[-1]
     state = orjson.loads(gzip.decompress((store.root / name / previous["data"]).read_bytes()))
+    # role and params stay: the copy is the same model as before (its parameters included)
     keep = {k: v for k, v in previous.items() if k not in {
         "format", "name", "seq", "model", "state_version", "feature_schema_hash", "offsets",
         "created_ms", "libraries", "data", "rolled_back_from", "rolled_back_to"}}
@@ -115,7 +177,9 @@ def rollback(store: SnapshotStore, name: str) -> dict:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    m = rollback(_store(args, settings), args.model)
-    print(f"{args.model}: snapshot #{m['rolled_back_to']} is the latest again (as #{m['seq']}, "
+    store = _store(args, settings)
+    name = args.model or store.slots(args.stream)[args.role]
+    m = rollback(store, name)
+    print(f"{name}: snapshot #{m['rolled_back_to']} is the latest again (as #{m['seq']}, "
           f"replacing #{m['rolled_back_from']}); restart the worker to load it")
     return 0
