@@ -21,6 +21,10 @@ How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sam
    surprise: noisy series need a longer or larger excursion than quiet ones. With a seasonal
    profile in use, the likelihood of its surprise is the score. A second, slower time scale (an EW mean of
    the surprise over ~``slow_window`` samples, judged the same way) is max-combined with it.
+   **Accumulated evidence**: the EW mean of that score over ~``evidence_window`` samples, judged
+   against its own distribution (z amplified by ``evidence_gain``), is max-combined too: an
+   anomaly that shows as a run of moderate scores (a day that keeps departing from its weekly
+   profile, a new oscillation) adds up to an alarm, where no single sample is rare enough.
 4. **Out of range.** A value beyond everything the series has shown (its min/max, widened by
    ``range_tolerance`` of the range and by one MAE) scores 1.
 5. **One alarm per anomaly.** After a score reaches ``anomaly_threshold``, the series' scores
@@ -61,7 +65,10 @@ SELECT_ALPHA = 0.002
 _TINY = 1e-10
 _LOG_TINY = math.log(_TINY)
 _SQRT2 = math.sqrt(2.0)
-STATE_VERSION = 5
+STATE_VERSION = 6
+# The accumulated evidence judges only after this many of its spans: before, the distribution
+# of its EW mean has seen too little to call anything rare (a young series would alarm).
+EVIDENCE_AFTER = 4
 # Per phase bin, the EW mean absolute error across periods (weight of a new period): noise that
 # differs by phase (a quiet night, a noisy day) is judged at its own phase's scale ...
 BIN_ERROR_ALPHA = 0.5
@@ -80,6 +87,7 @@ class _Series:
         "l_sel", "zs", "side_run", "last_value", "repeats", "longest_run",
         "vmin", "vmax", "silent_reported", "jump", "hold",
         "l_buf", "l_sum", "l_mean", "l_var", "m_ew", "m_mean", "m_var",
+        "e_ew", "e_mean", "e_var",
     )
     _ARRAYS = ("l_buf",)
 
@@ -113,6 +121,10 @@ class _Series:
         self.m_ew = 0.0
         self.m_mean = 0.0
         self.m_var = 0.0
+        # accumulated evidence: the EW mean of the likelihood score, and its EW mean / variance
+        self.e_ew = 0.0
+        self.e_mean = 0.0
+        self.e_var = 0.0
 
     def to_state(self) -> dict:
         state = {k: getattr(self, k) for k in self.__slots__
@@ -223,6 +235,12 @@ class MetricScorer:
         the surprise of the forecast in use, against its own distribution; the score is the
         larger of the two (a run of moderate surprises denser than usual, e.g. spikes coming
         more often, stands out over ~20 samples where 10 are too few).
+    evidence_window, evidence_gain
+        Accumulated evidence: the EW mean (span ``evidence_window``) of the likelihood score,
+        against its own distribution over ~``long_window`` samples; its standardised excess is
+        multiplied by ``evidence_gain`` before the Gaussian tail (an EW mean of a score is far
+        from Gaussian: its upper tail is heavy, so the plain tail would never alarm; 1.5 puts
+        a run of moderate scores of ~80 samples at the level of one rare sample).
     range_tolerance
         A value beyond the series' historical range by more than this fraction of the range
         (plus one MAE) scores 1.
@@ -243,12 +261,13 @@ class MetricScorer:
         and :meth:`silent_series` drops series silent for longer than ``evict_after_ms``.
     """
 
-    model_version = "metric-likelihood-v5"
+    model_version = "metric-likelihood-v6"
 
     def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 300,
                  level_alpha: float = 0.05, season_alpha: float = 0.5,
                  error_alpha: float = 0.02, shift_alpha: float = 0.25,
                  short_window: int = 10, slow_window: int = 20, long_window: int = 2000,
+                 evidence_window: int = 80, evidence_gain: float = 1.5,
                  range_tolerance: float = 0.02, suppress_samples: int = 200,
                  clip: float = 3.0, rebase_after: int = 12, stuck_after: int = 30,
                  silence_factor: float = 5.0, max_series: int = 50_000,
@@ -262,6 +281,9 @@ class MetricScorer:
         self.short_window = short_window
         self.slow_window = slow_window
         self._slow_alpha = 2.0 / (slow_window + 1.0)
+        self.evidence_window = evidence_window
+        self.evidence_gain = evidence_gain
+        self._evidence_alpha = 2.0 / (evidence_window + 1.0)
         self.long_window = long_window
         self.range_tolerance = range_tolerance
         self.suppress_samples = suppress_samples
@@ -408,6 +430,15 @@ class MetricScorer:
                 score = slow
         s.m_mean += la * d
         s.m_var = (1.0 - la) * (s.m_var + la * d * d)
+        # ---- accumulated evidence: a run of moderate scores, rare for this series
+        ev = s.e_ew + self._evidence_alpha * (score - s.e_ew)
+        s.e_ew = ev
+        d = ev - s.e_mean
+        if n > EVIDENCE_AFTER * self.evidence_window:
+            estd = math.sqrt(s.e_var)
+            score = max(score, _log_likelihood(self.evidence_gain * d / max(estd, MIN_STD)))
+        s.e_mean += la * d
+        s.e_var = (1.0 - la) * (s.e_var + la * d * d)
         span = s.vmax - s.vmin
         tol = self.range_tolerance * span + mae
         lower, upper = s.vmin - tol, s.vmax + tol

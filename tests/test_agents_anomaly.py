@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
+import pytest
 
 from agents.anomaly import MetricScorer
 
@@ -200,3 +203,31 @@ def test_a_phase_that_is_always_noisier_is_judged_at_its_own_scale():
     assert max(r["score"] for r in records[3 * DAY:]) < 0.9       # once two days are known
     night = run(scorer, [26.0 + rng.gauss(0, 0.5) for _ in range(20)], start=6 * DAY + 100)
     assert max(r["score"] for r in night) >= 0.9                   # a quiet phase still alarms
+
+
+NYC_TAXI = (Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev" / "data"
+            / "realKnownCause" / "nyc_taxi.csv")
+
+
+@pytest.mark.skipif(not NYC_TAXI.is_file(), reason=f"NAB data not found at {NYC_TAXI}")
+def test_a_run_of_moderate_surprises_adds_up_to_an_alarm():
+    # NYC taxi demand around Christmas keeps departing from its weekly profile, a little at a
+    # time: no single sample is rare enough, the accumulated evidence is
+    with NYC_TAXI.open() as fh:
+        rows = [line.strip().split(",") for line in fh.readlines()[1:]]
+
+    def alarms(scorer: MetricScorer) -> list[str]:
+        out = []
+        for i, (stamp, value) in enumerate(rows):
+            t = int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() * 1000)
+            r = scorer.score_record({"event_id": str(i), "event_time": t, "host": "nyc",
+                                     "metric": "taxi", "value": float(value)}, t)
+            if r["score"] >= 0.9:
+                out.append(stamp)
+        return out
+
+    def christmas(stamps: list[str]) -> list[str]:        # NAB's window around Dec 25
+        return [s for s in stamps if "2014-12-23 11:30:00" <= s <= "2014-12-27 18:30:00"]
+
+    assert christmas(alarms(MetricScorer()))
+    assert not christmas(alarms(MetricScorer(evidence_gain=0.0)))
