@@ -4,7 +4,7 @@ The watermark is the largest event time seen minus the grace period: an event fo
 that is already closed is late, counted, and left out of the aggregate (its raw row is still
 in the lake). State is a plain dict of incremental aggregates (count, sum, min, max, score
 sum/max, flagged) per (group key, window start), never a list of events, and it serialises to
-JSON so the Faust agent can flush it to a table once per batch, not once per event.
+JSON so the Faust agent can checkpoint it to a table now and then, not once per event.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ class WindowAggregator:
         self.window_size_ms = window_size_ms
         self.grace_ms = grace_ms
         self.flag_threshold = flag_threshold
-        # (group_key, window_start) -> [count, sum, min, max, score_sum, score_max, flagged]
-        self._windows: dict[tuple[str, int], list[float]] = {}
+        # window_start -> group_key -> [count, sum, min, max, score_sum, score_max, flagged]:
+        # by start first, so closing windows looks at a few starts, not at every group.
+        self._windows: dict[int, dict[str, list[float]]] = {}
         self._max_event_ms = 0
         self.late = 0
 
@@ -38,10 +39,13 @@ class WindowAggregator:
             self.late += 1
             return False
         self._max_event_ms = max(self._max_event_ms, event_ms)
-        w = self._windows.get((group_key, start))
+        groups = self._windows.get(start)
+        if groups is None:
+            groups = self._windows[start] = {}
+        w = groups.get(group_key)
         flagged = 1.0 if score >= self.flag_threshold else 0.0
         if w is None:
-            self._windows[(group_key, start)] = [1, value, value, value, score, score, flagged]
+            groups[group_key] = [1, value, value, value, score, score, flagged]
         else:
             w[0] += 1
             w[1] += value
@@ -54,26 +58,30 @@ class WindowAggregator:
 
     def pop_closed(self, emitted_at_ms: int, *, everything: bool = False) -> list[dict]:
         """Remove and return the windows that end at or before the watermark."""
-        closed = [k for k in self._windows
-                  if everything or k[1] + self.window_size_ms <= self.watermark_ms]
+        closed = sorted(s for s in self._windows
+                        if everything or s + self.window_size_ms <= self.watermark_ms)
         out = []
-        for key in sorted(closed, key=lambda k: (k[1], k[0])):
-            count, total, lo, hi, score_sum, score_max, flagged = self._windows.pop(key)
-            group_key, start = key
-            out.append({
-                "aggregate_id": f"{self.stream}:{group_key}:{start}", "stream": self.stream,
-                "group_key": group_key, "window_start": start,
-                "window_end": start + self.window_size_ms, "count": int(count), "sum": total,
-                "min": lo, "max": hi, "mean": total / count, "score_mean": score_sum / count,
-                "score_max": score_max, "flagged": int(flagged), "emitted_at": emitted_at_ms,
-            })
+        for start in closed:
+            groups = self._windows.pop(start)
+            for group_key in sorted(groups):
+                count, total, lo, hi, score_sum, score_max, flagged = groups[group_key]
+                out.append({
+                    "aggregate_id": f"{self.stream}:{group_key}:{start}", "stream": self.stream,
+                    "group_key": group_key, "window_start": start,
+                    "window_end": start + self.window_size_ms, "count": int(count), "sum": total,
+                    "min": lo, "max": hi, "mean": total / count, "score_mean": score_sum / count,
+                    "score_max": score_max, "flagged": int(flagged), "emitted_at": emitted_at_ms,
+                })
         return out
 
     def to_state(self) -> dict:
         return {"max_event_ms": self._max_event_ms, "late": self.late,
-                "windows": [[k, s, *v] for (k, s), v in self._windows.items()]}
+                "windows": [[k, s, *v] for s, groups in self._windows.items()
+                            for k, v in groups.items()]}
 
     def load_state(self, state: dict) -> None:
         self._max_event_ms = state["max_event_ms"]
         self.late = state["late"]
-        self._windows = {(row[0], row[1]): list(row[2:]) for row in state["windows"]}
+        self._windows = {}
+        for row in state["windows"]:
+            self._windows.setdefault(row[1], {})[row[0]] = list(row[2:])

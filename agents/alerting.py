@@ -130,6 +130,11 @@ class AlertEngine:
         # slice -> largest event time seen; slice -> stream
         self._max_event: dict[str, int] = {}
         self._stream_of: dict[str, str] = {}
+        # rule -> groups counted since its last tick, and the watermark's window index then:
+        # a tick evaluates every group of a rule only when the watermark entered a new window
+        # (only then can a window close), otherwise just the groups that changed.
+        self._touched: dict[str, set[tuple[str, str]]] = {}
+        self._ticked: dict[str, int] = {}
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -144,6 +149,8 @@ class AlertEngine:
         for key in [k for k in self._buckets if k[0] not in self._by_name]:
             del self._buckets[key]
             self._evaluated.pop(key, None)
+        self._touched.clear()
+        self._ticked.clear()  # the next tick evaluates every group of every rule
 
     # -- per record ------------------------------------------------------------------------
 
@@ -180,6 +187,7 @@ class AlertEngine:
         if done is not None and start + rule.bucket_ms <= done:
             return  # late for windows already evaluated (its raw row is in the lake)
         buckets = self._buckets.setdefault(key, {}).setdefault(slice_, {})
+        self._touched.setdefault(rule.name, set()).add(key)
         if rule.kind == "rate":
             b = buckets.setdefault(start, [0, 0])
             b[0] += 1 if rule.matches(record) else 0
@@ -207,15 +215,25 @@ class AlertEngine:
             return []
         out: list[dict] = []
         for rule in self._by_stream.get(stream, ()):
-            if rule.kind != "threshold":
-                out += self._evaluate_windows(rule, wm, created_at_ms)
+            if rule.kind == "threshold":
+                continue
+            touched = self._touched.pop(rule.name, set())
+            index = wm // rule.bucket_ms
+            if self._ticked.get(rule.name) != index:
+                self._ticked[rule.name] = index
+                touched = [k for k in self._buckets if k[0] == rule.name]
+            out += self._evaluate_windows(rule, wm, created_at_ms, touched)
         return out + self.lifecycle.advance({stream: wm}, created_at_ms, self._describe_resolved)
 
-    def _evaluate_windows(self, rule: Rule, wm: int, created_at_ms: int) -> list[dict]:
+    def _evaluate_windows(self, rule: Rule, wm: int, created_at_ms: int,
+                          keys: Iterable[tuple[str, str]]) -> list[dict]:
+        """Close the windows of ``keys`` (groups of ``rule``) that end at or before ``wm``."""
         out: list[dict] = []
         size = rule.bucket_ms
-        for key in [k for k in self._buckets if k[0] == rule.name]:
-            slices = self._buckets[key]
+        for key in keys:
+            slices = self._buckets.get(key)
+            if slices is None:
+                continue
             starts = [s for buckets in slices.values() for s in buckets]
             last = self._evaluated.get(key)
             first_end = (min(starts) + size) if starts else None

@@ -6,16 +6,23 @@ one input partition (written by the validation gateway, which runs inside the wo
 Faust service), so Faust's per-message cost is paid once per batch.
 
 Outputs go out through one confluent-kafka producer, one JSON object per message (the stable
-output schemas of ``schemas/outputs.py``), flushed at the end of every batch: Faust acks the
-batch only after its outputs are acknowledged by the broker, and commits offsets after that.
+output schemas of ``schemas/outputs.py``). The agent never waits for the broker between
+batches: it acks a batch (manual Faust acks) when the broker has acknowledged all of its
+outputs, and Faust commits only acked offsets.
 
-Window state is flushed to the ``window-state`` table once per batch (one value per input
-partition, not one write per event); the table's changelog follows the partition across
-rebalances and restarts, and the stored offset makes a replayed batch a no-op.
+Window and alert state are checkpointed to the ``window-state`` and ``alert-state`` tables
+(one value per input partition, not one write per event) at most every
+``checkpoint_interval_s``, at revocation and at shutdown, each time after every output so far
+is acknowledged, with the input offset they cover: the tables' changelogs follow the
+partition across rebalances and restarts, a replayed batch the checkpoint covers is a no-op,
+and the batches after it are scored again (their outputs may go out twice: at-least-once,
+bounded by the interval; the warehouse keeps one row per event id).
 
 Model snapshots (``agents/snapshot.py``): the metric detectors per input partition
-(``system-metrics-p<N>``), the fraud scorers per worker (``transactions-model``,
-``applications-model``: one scorer per worker sees all of its partitions), each at most every
+(``system-metrics-p<N>``), the fraud scorers per worker (one per role, champion and optional
+challenger, ``agents/champion.py``, in the slots ``roles.json`` names, read at start:
+``transactions-model`` and ``applications-model`` by default; one scorer per worker sees all
+of its partitions), each at most every
 ``snapshot_interval_s`` and at shutdown, with the last learned offset of every
 ``"stream:partition"`` it holds. At start the worker restores them; events replayed after a
 restart that are newer than the snapshot are scored again into the models only (``relearn``).
@@ -37,6 +44,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,10 +57,9 @@ from agents.aggregate import WindowAggregator
 from agents.alerting import AlertEngine, alert_row
 from agents.anomaly import STATE_VERSION as METRIC_STATE_VERSION
 from agents.anomaly import MetricScorer
-from agents.fraud import STATE_VERSION as FRAUD_STATE_VERSION
-from agents.fraud import ApplicationScorer, TransactionScorer
+from agents.champion import ChampionChallenger
 from agents.rules import RulesSource
-from agents.snapshot import SnapshotIncompatible, SnapshotStore
+from agents.snapshot import SnapshotStore
 from agents.validate import Gateway
 from pipelines import metrics
 from pipelines.kafka import producer_config
@@ -70,31 +77,75 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _Batch:
+    """The outputs of one input batch in flight; ``done`` runs once all are acknowledged."""
+
+    __slots__ = ("outputs", "pending", "done")
+
+    def __init__(self, outputs: Outputs, done: Callable[[], Any] | None = None) -> None:
+        self.outputs, self.pending, self.done = outputs, 0, done
+
+    def delivered(self, err: Any, _msg: Any) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.outputs.error = RuntimeError(f"output delivery failed: {err}")
+        elif self.pending == 0 and self.done is not None and self.outputs.error is None:
+            self.done()
+
+
 class Outputs:
-    """The worker's producer for output topics; ``flush`` raises if any delivery failed."""
+    """The worker's producer for output topics, acknowledged per input batch.
+
+    The agent does not wait for the broker between batches: ``begin()`` opens a batch, every
+    ``send`` counts against it, ``end(done)`` closes it, and ``done`` (the agent's ack of its
+    Faust event) runs once the broker has acknowledged every output of the batch, from
+    ``poll()`` or ``flush()`` on the event loop. Faust commits an input offset only when it
+    is acked, so a crash replays every batch whose outputs were not all delivered. A failed
+    delivery is never acked: ``poll``/``flush`` raise and the worker restarts from the
+    committed offsets.
+    """
 
     def __init__(self, bootstrap: str) -> None:
-        self._producer = Producer(producer_config(bootstrap))
-        self._error: Exception | None = None
+        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
+        self.error: Exception | None = None
+        self._batch = _Batch(self)  # sends outside a batch (silences, quality) count here
 
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._error = RuntimeError(f"output delivery failed: {err}")
+    def begin(self) -> None:
+        self._batch = _Batch(self)
+
+    def end(self, done: Callable[[], Any]) -> None:
+        """Close the open batch: ``done`` runs when its outputs are all delivered."""
+        batch, self._batch = self._batch, _Batch(self)
+        if batch.pending == 0:
+            done()
+        else:
+            batch.done = done
 
     def send(self, topic: str, key: str | None, record: dict) -> None:
+        batch = self._batch
         while True:
             try:
                 self._producer.produce(topic, key=key.encode() if key else None,
-                                       value=orjson.dumps(record), on_delivery=self._delivered)
+                                       value=orjson.dumps(record), on_delivery=batch.delivered)
+                batch.pending += 1
                 return
             except BufferError:  # local queue full: let the broker catch up, never drop
                 self._producer.poll(0.1)
 
+    def poll(self) -> None:
+        """Run the delivery callbacks that are due (acks of finished batches)."""
+        self._producer.poll(0)
+        self._raise()
+
     def flush(self) -> None:
+        """Wait until every output so far is acknowledged."""
         while self._producer.flush(5.0):
             log.warning("waiting for the broker to acknowledge outputs")
-        if self._error is not None:
-            err, self._error = self._error, None
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
             raise err
 
 
@@ -104,10 +155,9 @@ class Pipeline:
     def __init__(self, settings: Settings, outputs: Outputs, bootstrap: str | None = None) -> None:
         m, a = settings.model, settings.alert
         self.outputs = outputs
-        self.transactions = TransactionScorer(seed=m.seed, label_ttl_s=m.label_ttl_s,
-                                              quality_window=m.quality_window)
-        self.applications = ApplicationScorer(seed=m.seed, label_ttl_s=m.label_ttl_s,
-                                              quality_window=m.quality_window)
+        # Each is the stream's champion and optional challenger, with a scorer's methods.
+        self.transactions = ChampionChallenger.from_settings(TRANSACTIONS, m)
+        self.applications = ChampionChallenger.from_settings(APPLICATIONS, m)
         self.quality_interval_s = m.quality_interval_s
         self._quality_due = time.monotonic() + m.quality_interval_s
         self.anomaly_threshold = m.anomaly_threshold
@@ -136,6 +186,7 @@ class Pipeline:
         self.flag_threshold = a.score_threshold
         # (stream, partition) -> (aggregator, last applied input offset)
         self.windows: dict[tuple[str, int], list] = {}
+        self._silence_checked: dict[int, int] = {}  # partition -> event clock of the last check
 
     def metric_scorer(self, partition: int) -> MetricScorer:
         """The partition's metric detector, restored from its latest snapshot if any."""
@@ -156,39 +207,20 @@ class Pipeline:
         return scorer
 
     def _restore_fraud(self, stream: str) -> None:
-        """Restore the stream's fraud scorer from its latest snapshot; cold if none, or if
-        the snapshot is incompatible (logged with the operator's action)."""
-        scorer = self.fraud_scorers[stream]
-        name = FRAUD_SNAPSHOT[stream]
-        try:
-            snap = self.snapshots.load(name, model=type(scorer).__name__,
-                                       state_version=FRAUD_STATE_VERSION,
-                                       feature_schema=scorer.feature_schema)
-            if snap is not None:
-                scorer.load_state(snap.state)
-        except (SnapshotIncompatible, ValueError) as exc:
-            log.error("%s: not restored, the scorer starts cold and retrains from labels: %s",
-                      name, exc)
-            return
-        if snap is not None:
-            self._learned.update(snap.manifest["offsets"])
-            log.info("%s restored from snapshot %d (%d labels learned, offsets %s)", name,
-                     snap.manifest["seq"], scorer.n_labels, snap.manifest["offsets"])
+        """Restore the stream's roles from their slots' latest snapshots; cold if none, or if
+        a snapshot is incompatible (logged with the operator's action)."""
+        self._learned.update(self.fraud_scorers[stream].restore(self.snapshots))
         self._snapshot_due[stream] = time.monotonic() + self.snapshot_interval_s
 
     def _snapshot_fraud(self, stream: str) -> None:
-        """Snapshot the stream's scorer with the learned offsets of its partitions."""
-        scorer = self.fraud_scorers[stream]
+        """Snapshot the stream's roles with the learned offsets of its partitions."""
         prefix = f"{stream}:"
         offsets = {k: v for k, v in self._learned.items() if k.startswith(prefix)}
         self._snapshot_due[stream] = time.monotonic() + self.snapshot_interval_s
-        # The state is copied now, on the event loop (~1 s per 100k cards and pending
-        # events); compressing and writing it is not.
-        self._snapshotter.submit(
-            self.snapshots.save, FRAUD_SNAPSHOT[stream], scorer.to_state(),
-            model=type(scorer).__name__, state_version=FRAUD_STATE_VERSION,
-            feature_schema=scorer.feature_schema, offsets=offsets,
-            extra={"model_version": scorer.model_version, "labels": scorer.n_labels})
+        # The states are copied now, on the event loop (~1 s per 100k cards and pending
+        # events, per role); compressing and writing them is not.
+        for name, state, kwargs in self.fraud_scorers[stream].snapshot_jobs(offsets):
+            self._snapshotter.submit(self.snapshots.save, name, state, **kwargs)
 
     def learned_offset(self, stream: str, partition: int) -> int:
         """The last input offset the partition's models have learned (-1: none known)."""
@@ -325,7 +357,12 @@ class Pipeline:
                 late += not add(series, event["event_time"], event["value"], record["score"])
                 alert(stream, record, series, now)
                 observe(record["score"])
-            self._silences(partition, agg.max_event_ms, now)
+            # Silence is checked in event time, at most once per SILENCE_CHECK_MS of it: the
+            # check walks every series of the partition.
+            clock = agg.max_event_ms
+            if clock - self._silence_checked.get(partition, -SILENCE_CHECK_MS) >= SILENCE_CHECK_MS:
+                self._silence_checked[partition] = clock
+                self._silences(partition, clock, now)
         for decision, n in decisions.items():
             metrics.DECISIONS.labels(stream, decision).inc(n)
         if late:
@@ -366,9 +403,10 @@ class Pipeline:
         self._quality_due = time.monotonic() + self.quality_interval_s
         now = _now_ms()
         records = []
-        for stream, scorer in self.fraud_scorers.items():
-            if len(scorer.quality):
-                records.append(quality_record(stream, "champion", scorer, now))
+        for stream, models in self.fraud_scorers.items():
+            for role, scorer in models.roles().items():
+                if len(scorer.quality):
+                    records.append(quality_record(stream, role, scorer, now))
         for record in records:
             self.outputs.send(MODEL_QUALITY, f"{record['stream']}/{record['role']}", record)
             labels = (record["stream"], record["role"])
@@ -381,7 +419,7 @@ class Pipeline:
         return records
 
 
-FRAUD_SNAPSHOT = {TRANSACTIONS: "transactions-model", APPLICATIONS: "applications-model"}
+SILENCE_CHECK_MS = 1_000
 
 
 def quality_record(stream: str, role: str, scorer: Any, now_ms: int) -> dict:
@@ -425,31 +463,65 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     alert_state = app.Table("alert-state", default=None, partitions=kafka.partitions)
     app.riskstream_pipeline = pipeline  # for tests and introspection
 
+    dirty: set[tuple[str, int]] = set()  # partitions scored since their last checkpoint
+    checkpoint_due = [0.0]
+
+    def checkpoint() -> None:
+        """Window and alert state of every partition scored since the last checkpoint, with
+        the offset it covers, once every output so far is acknowledged: a checkpoint never
+        covers an output that could still be lost. One flush for all partitions, at most
+        every ``checkpoint_interval_s`` (a state write per batch cost more than scoring)."""
+        checkpoint_due[0] = time.monotonic() + kafka.checkpoint_interval_s
+        if not dirty:
+            return
+        outputs.flush()
+        for stream, partition in dirty:
+            entry = pipeline.windows.get((stream, partition))
+            if entry is None:
+                continue  # released: its last checkpoint was written at revocation
+            key = f"{stream}:{partition}"
+            window_state[key] = {"offset": entry[1], "windows": entry[0].to_state()}
+            alert_state[key] = pipeline.alerts.to_state(key)
+        dirty.clear()
+
     def scoring_agent(stream: str):
         topic = app.topic(VALIDATED[stream], value_serializer="raw", key_serializer="raw")
 
         async def agent(batches: faust.StreamT) -> None:
-            async for event in batches.events():
+            # Acks are manual: a batch is acked when its outputs are delivered (Outputs).
+            async for event in batches.noack().events():
+                outputs.poll()
                 partition, offset = event.message.partition, event.message.offset
                 state_key = f"{stream}:{partition}"
-                agg, applied = pipeline.aggregator(stream, partition, window_state.get(state_key))
+                entry = pipeline.windows.get((stream, partition))
+                if entry is None:
+                    entry = pipeline.aggregator(stream, partition, window_state.get(state_key))
+                agg, applied = entry
                 if offset <= applied:
                     # Replayed after a restart: already in the windows and outputs; the models
                     # learn it again only if their snapshot is older than this batch.
                     if offset > pipeline.learned_offset(stream, partition):
                         pipeline.relearn(stream, partition, orjson.loads(event.value), offset)
+                    event.ack()
                     continue
                 pipeline.alert_slice(state_key, alert_state.get(state_key))
                 with metrics.BATCH_SECONDS.labels(stream).time():
+                    outputs.begin()
                     pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)
-                    outputs.flush()
-                pipeline.windows[(stream, partition)][1] = offset
-                window_state[state_key] = {"offset": offset, "windows": agg.to_state()}
-                alert_state[state_key] = pipeline.alerts.to_state(state_key)
+                    outputs.end(event.ack)
+                entry[1] = offset
+                dirty.add((stream, partition))
+                if time.monotonic() >= checkpoint_due[0]:
+                    checkpoint()
                 pipeline.maybe_snapshot(stream, partition, offset)
 
         agent.__name__ = agent.__qualname__ = f"score_{stream.replace('-', '_')}"
         return app.agent(topic, name=agent.__name__)(agent)
+
+    @app.timer(0.05)
+    async def _deliveries() -> None:
+        # Acks of the last batches when no new batch comes to poll for them.
+        outputs.poll()
 
     for stream in (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS):
         scoring_agent(stream)
@@ -462,11 +534,14 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
 
     @app.on_before_shutdown.connect
     async def _final_snapshots(app: faust.App, **kwargs: Any) -> None:
+        checkpoint()
         pipeline.close()
 
     @app.on_partitions_revoked.connect
     async def _hand_over(app: faust.App, revoked: set, **kwargs: Any) -> None:
-        # The new owner restores these partitions' models from the snapshot written here.
+        # The new owner restores these partitions' state from the checkpoint and the models
+        # from the snapshot written here.
+        checkpoint()
         for tp in revoked:
             if tp.topic == VALIDATED[SYSTEM_METRICS]:
                 pipeline.release(SYSTEM_METRICS, tp.partition)

@@ -26,6 +26,10 @@ class KafkaSettings(BaseSettings):
     # How long a batch read waits to fill: it returns early once `consume_batch` messages are
     # there, so under load batches are full and at low rates latency stays ~this long.
     consume_wait_s: float = Field(0.05, gt=0)
+    # The worker checkpoints its window and alert state (Faust tables) at most this often per
+    # input partition, after its outputs so far are acknowledged. A crash replays at most
+    # this much of outputs again (at-least-once; the warehouse deduplicates by event id).
+    checkpoint_interval_s: float = Field(1.0, gt=0)
 
 
 class ValidationSettings(BaseSettings):
