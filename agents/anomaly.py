@@ -268,7 +268,7 @@ class MetricScorer:
                  error_alpha: float = 0.02, shift_alpha: float = 0.25,
                  short_window: int = 10, slow_window: int = 20, long_window: int = 2000,
                  evidence_window: int = 80, evidence_gain: float = 1.5,
-                 range_tolerance: float = 0.02, suppress_samples: int = 200,
+                 range_tolerance: float = 0.05, suppress_samples: int = 200,
                  clip: float = 3.0, rebase_after: int = 12, stuck_after: int = 30,
                  silence_factor: float = 5.0, max_series: int = 50_000,
                  evict_after_ms: int = 7 * DAY_MS) -> None:

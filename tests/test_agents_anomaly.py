@@ -205,6 +205,19 @@ def test_a_phase_that_is_always_noisier_is_judged_at_its_own_scale():
     assert max(r["score"] for r in night) >= 0.9                   # a quiet phase still alarms
 
 
+
+def test_a_spike_a_little_higher_than_the_usual_ones_is_no_alarm():
+    # a spike of 100 every 50 samples is the normal; a new maximum 4 % above it is not out of
+    # range (5 % of the range tolerated), 10 % above is
+    def scorer_after_spikes() -> MetricScorer:
+        scorer = MetricScorer()
+        run(scorer, [100.0 if i % 50 == 0 else 1.0 for i in range(2000)])
+        return scorer
+
+    assert scorer_after_spikes().score_record(sample(2000, 104.0), T0)["score"] < 0.9
+    assert scorer_after_spikes().score_record(sample(2000, 110.0), T0)["score"] >= 0.9
+
+
 NYC_TAXI = (Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev" / "data"
             / "realKnownCause" / "nyc_taxi.csv")
 
