@@ -70,7 +70,7 @@ from agents.snapshot import feature_schema_hash
 
 DETECTOR_FEATURE = "detector_rank"
 # The layout of ``to_state()``: bumped when it changes (the snapshot store refuses others).
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class FeatureSource(Protocol):
@@ -154,7 +154,7 @@ class _Scorer:
         return ()
 
     def _learn_context(self, context: tuple, event_time: int, label: int,
-                       known_at: int) -> None:
+                       known_at: int, score: float) -> None:
         pass
 
     def _cold_reasons(self, x: dict[str, float]) -> list[str]:  # pragma: no cover
@@ -290,7 +290,7 @@ class _Scorer:
     def _learn(self, entry: tuple, label: int, known_at: int) -> None:
         t, v, context, score = entry
         self.quality.update(score, label)
-        self._learn_context(context, t, label, known_at)
+        self._learn_context(context, t, label, known_at, score)
         self._n_labels += 1
         if label:
             self._n_fraud += 1
@@ -511,9 +511,10 @@ class TransactionScorer(_Scorer):
         return (event["card_id"], event["merchant_id"], float(event["amount"]))
 
     def _learn_context(self, context: tuple, event_time: int, label: int,
-                       known_at: int) -> None:
+                       known_at: int, score: float) -> None:
         card_id, merchant_id, amount = context
-        self._features.learn_label(card_id, merchant_id, event_time, amount, label, known_at)
+        self._features.learn_label(card_id, merchant_id, event_time, amount, label, known_at,
+                                   score)
 
     def _cold_reasons(self, x: dict[str, float]) -> list[str]:
         flags = [(x["new_country"] > 0, "new_country"), (x["new_device"] > 0, "new_device"),
@@ -543,7 +544,7 @@ class ApplicationScorer(_Scorer):
         self._context = self._features.context
 
     def _learn_context(self, context: tuple, event_time: int, label: int,
-                       known_at: int) -> None:
+                       known_at: int, score: float) -> None:
         self._features.learn_label(context, label, known_at)
 
     def _cold_reasons(self, x: dict[str, float]) -> list[str]:

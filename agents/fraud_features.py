@@ -74,6 +74,8 @@ TX_FEATURES: tuple[str, ...] = (
     "merchant_risk_1d", "merchant_risk_7d", "merchant_risk_30d",
     "merchant_fraud_1d", "merchant_fraud_7d",
     *(f"merchant_episode_{lo}d" for lo in (0, *EPISODE_BANDS_D)),
+    "merchant_episode_rate",
+    *(f"merchant_episode_rate_{lo}d" for lo in (0, *EPISODE_BANDS_D)),
     *(f"amount_band_{b}" for b in AMOUNT_BANDS),
     "card_known_fraud", "card_fraud_recent", "card_fraud_x_amount_z",
     "declined", "ecom", "night", "weekend",
@@ -92,6 +94,9 @@ TX_REASON_OF: dict[str, str] = {
     "card_anomaly_7d": "card_recent_unusual_amounts",
     "merchant_fraud_1d": "merchant_fraud_risk", "merchant_fraud_7d": "merchant_fraud_risk",
     **{f"merchant_episode_{lo}d": "merchant_fraud_episode" for lo in (0, *EPISODE_BANDS_D)},
+    "merchant_episode_rate": "merchant_fraud_episode",
+    **{f"merchant_episode_rate_{lo}d": "merchant_fraud_episode"
+       for lo in (0, *EPISODE_BANDS_D)},
     **{f"amount_band_{b}": "high_amount" for b in AMOUNT_BANDS},
     "gap_log": "rapid_repeat",
     "new_country": "new_country", "new_device": "new_device", "merchants_1h": "many_merchants",
@@ -153,7 +158,7 @@ class CardState:
 class MerchantState:
     """What one merchant (terminal) remembers: decayed traffic and known-label windows."""
 
-    __slots__ = ("ep_last", "ep_start", "l_f", "l_n", "l_t", "n", "t")
+    __slots__ = ("ep_fu", "ep_l", "ep_last", "ep_start", "l_f", "l_n", "l_t", "n", "t")
 
     def __init__(self, t: int) -> None:
         self.t = t
@@ -163,6 +168,8 @@ class MerchantState:
         self.l_f = [0.0] * len(MERCHANT_TAUS_MS)  # of which fraud, decayed
         self.ep_start = -1              # event time of the current fraud episode's first fraud
         self.ep_last = -1               # ... and of its latest known fraud
+        self.ep_l = 0.0                 # labelled transactions of the episode (event time)
+        self.ep_fu = 0.0                # ... their unexplained fraud: sum of (1 - score)
 
 
 class TransactionFeatures:
@@ -294,7 +301,8 @@ class TransactionFeatures:
             m.t = t
         risk = [0.0, 0.0, 0.0]
         mf1 = mf7 = 0.0
-        episode = _NO_EPISODE
+        episode = episode_rate = _NO_EPISODE
+        ep_rate = 0.0
         if m.l_f[2] > 0.0:
             dtl = t - m.l_t
             prior = self.risk_prior
@@ -307,7 +315,11 @@ class TransactionFeatures:
                     mf7 = _log1p(m.l_f[1] * d)
             if m.ep_last >= 0 and t - m.ep_last < 2 * EPISODE_GAP_MS:
                 age_d = (t - m.ep_start) / DAY_MS
-                episode = _EPISODE_ONES[bisect_left(EPISODE_BANDS_D, age_d + 1e-9)]
+                band = bisect_left(EPISODE_BANDS_D, age_d + 1e-9)
+                episode = _EPISODE_ONES[band]
+                ep_rate = m.ep_fu / (m.ep_l + 1.0)
+                episode_rate = [0.0] * len(_NO_EPISODE)
+                episode_rate[band] = ep_rate
 
         channel = event.get("channel")
         hour = (t // HOUR_MS) % 24
@@ -321,7 +333,7 @@ class TransactionFeatures:
             new_country, new_device, merchants_1h,
             _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
             risk[0], risk[1], risk[2],
-            mf1, mf7, *episode,
+            mf1, mf7, *episode, ep_rate, *episode_rate,
             *_AMOUNT_ONES[bisect_left(AMOUNT_BANDS, la)],
             _log1p(f_n), fraud_recent,
             # a card with known fraud is suspect when it spends unusually, not otherwise
@@ -395,11 +407,17 @@ class TransactionFeatures:
     # ----------------------------------------------------------------------------- labels
 
     def learn_label(self, card_id: str, merchant_id: str, event_time: int, amount: float,
-                    label: int, known_at: int) -> None:
+                    label: int, known_at: int, score: float = 0.0) -> None:
         """Fold a label that became known at ``known_at`` into merchant risk and card fraud.
 
         A fraud label also takes the fraudulent amount out of the card's amount profile, so
         that the card's "usual" spend is its owner's, not the fraudster's.
+
+        ``score`` is the fraud score the event got when it was scored: a merchant's fraud
+        episode counts each fraud by how *unexplained* it was (``1 - score``). A fraud the
+        model already caught from the card or the amount (a stolen card used anywhere, a
+        fraudulent amount) says little about the merchant; frauds that nothing else
+        explained, one after another at one merchant, are a compromised terminal.
         """
         m = self._merchants.get(merchant_id)
         if m is not None:
@@ -417,7 +435,12 @@ class TransactionFeatures:
             if label:
                 if m.ep_last < 0 or event_time - m.ep_last > EPISODE_GAP_MS:
                     m.ep_start = event_time
+                    m.ep_l = m.ep_fu = 0.0
                 m.ep_last = max(m.ep_last, event_time)
+            if 0 <= m.ep_start <= event_time:
+                m.ep_l += 1.0
+                if label:
+                    m.ep_fu += 1.0 - score
         if label:
             card = self._cards.get(card_id)
             if card is not None:
