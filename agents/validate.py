@@ -84,11 +84,12 @@ class Gateway:
         self.validator = Validator(settings.validation, settings.pii)
         self.dedup = Deduplicator(settings.validation.dedup_ttl_s * 1000)
         self.batch_events = settings.validation.batch_events
-        self._producer = Producer(producer_config(bootstrap))
+        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
         self._consumer = Consumer(consumer_config(settings.kafka, bootstrap, group_id))
         # (input topic, partition) -> last input offset already forwarded (from `src` headers)
         self._forwarded: dict[tuple[str, int], int] = {}
         self._delivery_error: KafkaError | None = None
+        self._uncommitted: dict[tuple[str, int], int] = {}  # next offset to commit
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -148,6 +149,11 @@ class Gateway:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:  # still ours: commit what was forwarded, so the next owner starts there
+            self._commit({(p.topic, p.partition) for p in partitions})
+        except Exception as exc:  # noqa: BLE001 - the next owner resumes from the src headers
+            log.warning("gateway: commit at revocation failed (%s); the next owner resumes "
+                        "after the last forwarded offset", exc)
         for p in partitions:
             self._forwarded.pop((p.topic, p.partition), None)
             self.dedup.forget((p.topic, p.partition))
@@ -211,32 +217,48 @@ class Gateway:
         return next_offsets
 
     def run(self, stop: threading.Event) -> None:
-        consume_batch = self.settings.kafka.consume_batch
+        """Validate until ``stop`` is set. Input offsets are committed at most every
+        ``checkpoint_interval_s``, after everything produced is acknowledged: the ``src``
+        headers, not the commits, make forwarding exactly once, so a commit per batch would
+        only add a broker round trip to every event's latency."""
+        kafka = self.settings.kafka
         self._consumer.subscribe(list(INPUT_TOPICS), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         log.info("gateway consuming %s", ", ".join(INPUT_TOPICS))
+        commit_due = time.monotonic() + kafka.checkpoint_interval_s
         try:
             while not stop.is_set():
                 metrics.ALIVE.labels("gateway").set_to_current_time()
-                messages = self._consumer.consume(consume_batch,
-                                                  timeout=self.settings.kafka.consume_wait_s)
-                if not messages:
-                    continue
-                with metrics.BATCH_SECONDS.labels("gateway").time():
-                    next_offsets = self.process(messages)
-                    self._commit(next_offsets)
+                messages = self._consumer.consume(kafka.consume_batch,
+                                                  timeout=kafka.consume_wait_s)
+                if messages:
+                    with metrics.BATCH_SECONDS.labels("gateway").time():
+                        self._uncommitted.update(self.process(messages))
+                self._producer.poll(0)
+                if self._uncommitted and time.monotonic() >= commit_due:
+                    self._commit()
+                    commit_due = time.monotonic() + kafka.checkpoint_interval_s
         finally:
-            self._producer.flush(30)
-            self._consumer.close()
+            try:
+                if self._producer.flush(30) == 0:
+                    self._commit()
+                else:
+                    log.warning("gateway stopping with unacknowledged events: not committing; "
+                                "the next start resumes after the last forwarded offset")
+            finally:
+                self._consumer.close()
 
-    def _commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
-        # Outputs first: offsets are committed only once everything produced is acknowledged.
+    def _commit(self, partitions: set[tuple[str, int]] | None = None) -> None:
+        """Commit the next offsets of ``partitions`` (default: all) once everything produced
+        so far is acknowledged."""
         while self._producer.flush(5.0):
             log.warning("waiting for the broker to acknowledge validated events")
         if self._delivery_error is not None:
             err, self._delivery_error = self._delivery_error, None
             raise RuntimeError(f"producing validated events failed: {err}; not committing")
-        if next_offsets:
-            self._consumer.commit(offsets=[TopicPartition(t, p, o)
-                                           for (t, p), o in next_offsets.items()],
-                                  asynchronous=False)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()
+                   if partitions is None or (t, p) in partitions]
+        if offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        for tp in (self._uncommitted.copy() if partitions is None else partitions):
+            self._uncommitted.pop(tp, None)

@@ -430,6 +430,34 @@ def quality_record(stream: str, role: str, scorer: Any, now_ms: int) -> dict:
             "computed_at": now_ms}
 
 
+def _fetch_wait_consumer(fetch_wait_ms: int) -> type:
+    """Faust's aiokafka consumer with our fetch wait: Faust fixes it at 1,500 ms, and a broker
+    that does not answer a waiting fetch when data arrives (Tansu) holds every batch that
+    long (``KafkaSettings.fetch_wait_ms``)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    class ConsumerThread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_wait_ms  # read when its fetcher starts
+            return consumer
+
+    class Consumer(driver.Consumer):
+        def _new_consumer_thread(self) -> ConsumerThread:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    return Consumer
+
+
+def _table_put(table: faust.Table, partition: int, key: str, value: Any) -> None:
+    """``table[key] = value`` into the changelog partition of the input partition the state
+    belongs to. A checkpoint also runs outside stream iteration (revocation, shutdown) and
+    covers every stream's partitions, where ``table[key] = ...`` would take the partition of
+    the current event, or fail without one."""
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
 def _strip(record: dict) -> dict:
     """The output record: the validated event without its routing field."""
     record.pop("stream", None)
@@ -457,6 +485,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         web_host=settings.service.bind_host,
         web_enabled=False,
     )
+    app.transport.Consumer = _fetch_wait_consumer(kafka.fetch_wait_ms)
     outputs = Outputs(bootstrap)
     pipeline = Pipeline(settings, outputs, bootstrap)
     window_state = app.Table("window-state", default=None, partitions=kafka.partitions)
@@ -480,8 +509,9 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
             if entry is None:
                 continue  # released: its last checkpoint was written at revocation
             key = f"{stream}:{partition}"
-            window_state[key] = {"offset": entry[1], "windows": entry[0].to_state()}
-            alert_state[key] = pipeline.alerts.to_state(key)
+            _table_put(window_state, partition, key,
+                       {"offset": entry[1], "windows": entry[0].to_state()})
+            _table_put(alert_state, partition, key, pipeline.alerts.to_state(key))
         dirty.clear()
 
     def scoring_agent(stream: str):

@@ -189,15 +189,19 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
 
 def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
             ) -> tuple[list[float], list[float]]:
-    """Offer ``rate_eps`` for ``load_s``; return event-to-scored and event-to-lake latencies."""
-    load_start_ms = int(time.time() * 1000)
-    messages = generate(int(rate_eps * load_s), seed=2, start_ms=load_start_ms, rate_eps=rate_eps)
+    """Offer ``rate_eps`` for ``load_s``; return event-to-scored and event-to-lake latencies.
+
+    Events are generated as they are produced, each sent when the wall clock reaches its
+    event time, after the measuring consumer has joined: the latency is from the moment an
+    event exists to the moment its scored record (or its lake file) does.
+    """
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-lat-{time.time()}",
                          "auto.offset.reset": "latest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000})
+                         "session.timeout.ms": 6000, "fetch.wait.max.ms": 10})
     consumer.subscribe(list(SCORED_TOPICS))
     while not consumer.assignment():  # join before producing: "latest" means from now
         consumer.poll(0.2)
+    load_start_ms = int(time.time() * 1000) + 100
     scored: list[float] = []
     stop = threading.Event()
 
@@ -214,12 +218,15 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
     producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
-    t0 = time.time() * 1000
-    for topic, key, value, event_ms in messages:
-        delay = (event_ms - load_start_ms) - (time.time() * 1000 - t0)
-        if delay > 1:
-            time.sleep(delay / 1000)
-        producer.produce(topic, key=key, value=value)
+    sim = Simulator(SimConfig(seed=2, rate_eps=rate_eps), load_start_ms)
+    n = int(rate_eps * load_s)
+    for i, msg in enumerate(sim.messages()):
+        if i == n:
+            break
+        delay_ms = msg.event_time_ms - time.time() * 1000
+        if delay_ms > 1:
+            time.sleep(min(delay_ms, 1000) / 1000)
+        producer.produce(msg.topic, key=msg.key, value=msg.value)
         producer.poll(0)
     producer.flush(30)
     time.sleep(3.0)  # the tail of the load reaches the outputs (bounded, then we stop reading)

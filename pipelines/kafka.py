@@ -23,6 +23,7 @@ def consumer_config(kafka: KafkaSettings, bootstrap: str, group_id: str, **extra
         "session.timeout.ms": session_ms,
         "heartbeat.interval.ms": max(500, session_ms // 6),
         "partition.assignment.strategy": "range",  # keeps events and their labels together
+        "fetch.wait.max.ms": kafka.fetch_wait_ms,
         **extra,
     }
 
