@@ -243,3 +243,46 @@ def test_application_records_and_amount_against_income():
     assert {"amount_high_vs_income", "no_income"} & set(r["reasons"])
     x = scorer.features(app(1, income=90_000.0, employment="student", age_years=22))
     assert x["employment_inconsistent"] == 1.0
+
+
+# ------------------------------------------------------------------- episode rate, detector
+
+def test_a_merchant_episode_counts_its_unexplained_frauds():
+    """Frauds nothing else explained (scored low) make a compromised merchant; frauds the
+    model caught anyway (a stolen card, a fraudulent amount) say little about it."""
+    f = TransactionFeatures()
+    for m in ("m1", "m2"):
+        for i in range(4):
+            f.compute(txn(i, card_id=f"c{m}{i}", merchant_id=m))
+    known_at = T0 + 7 * DAY_MS
+    for i in range(4):  # the same labels, scored 0.05 at m1 and 0.95 at m2
+        f.learn_label(f"cm1{i}", "m1", T0 + i * 60_000, 20.0, 1, known_at, 0.05)
+        f.learn_label(f"cm2{i}", "m2", T0 + i * 60_000, 20.0, 1, known_at, 0.95)
+    x1 = features(f, txn(10, t=known_at + HOUR_MS, card_id="c50", merchant_id="m1"))
+    x2 = features(f, txn(11, t=known_at + HOUR_MS, card_id="c51", merchant_id="m2"))
+    assert x1["merchant_episode_rate"] == pytest.approx(4 * 0.95 / 5)
+    assert x2["merchant_episode_rate"] == pytest.approx(4 * 0.05 / 5)
+    # the rate sits in the slot of the episode's age (7 days), the others are 0
+    assert x1["merchant_episode_rate_7d"] == x1["merchant_episode_rate"]
+    assert x1["merchant_episode_rate_0d"] == 0.0
+    # a genuine label in the episode dilutes it
+    f.learn_label("c50", "m1", known_at + HOUR_MS, 20.0, 0, known_at + DAY_MS, 0.0)
+    x = features(f, txn(12, t=known_at + 2 * DAY_MS, card_id="c52", merchant_id="m1"))
+    assert x["merchant_episode_rate"] == pytest.approx(4 * 0.95 / 6)
+
+
+def test_one_walk_scores_and_learns_like_rivers_half_space_trees():
+    from river import anomaly
+
+    from agents.fraud import _hst_score_learn
+
+    ours = anomaly.HalfSpaceTrees(n_trees=3, height=6, window_size=50, seed=4)
+    river = anomaly.HalfSpaceTrees(n_trees=3, height=6, window_size=50, seed=4)
+    rng = random.Random(4)
+    for i in range(400):
+        x = {k: rng.random() ** (3 if k == "a" else 1) for k in ("a", "b", "c")}
+        expected = river.score_one(x)
+        if i % 2:
+            river.learn_one(x)
+        assert _hst_score_learn(ours, x, i % 2) == expected
+    assert [n.l_mass for n in ours._tree_nodes[0]] == [n.l_mass for n in river._tree_nodes[0]]
