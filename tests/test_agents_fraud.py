@@ -286,3 +286,16 @@ def test_one_walk_scores_and_learns_like_rivers_half_space_trees():
             river.learn_one(x)
         assert _hst_score_learn(ours, x, i % 2) == expected
     assert [n.l_mass for n in ours._tree_nodes[0]] == [n.l_mass for n in river._tree_nodes[0]]
+
+
+def test_a_pending_event_is_one_packed_blob_and_its_label_context():
+    scorer = TransactionScorer(seed=1, label_ttl_s=3_600)
+    for i in range(5):
+        scorer.score_record(txn(i, t=T0 + i * 1000), T0)
+    entry = scorer._pending["t3"]
+    # event time and score (16 bytes), then the features as float32: no per-value objects
+    assert isinstance(entry[0], bytes) and len(entry[0]) == 16 + 4 * len(scorer.feature_names)
+    assert entry[1:] == ("c1", "m1", 20.0)
+    assert list(scorer._expiry) == [(T0 + i * 1000, f"t{i}") for i in range(5)]
+    scorer.score_record(txn(9, t=T0 + 2 * HOUR_MS), T0)  # the TTL passes: all 5 learned
+    assert len(scorer._expiry) == 1 and scorer.stats()["expired_as_genuine"] == 5
