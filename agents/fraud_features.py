@@ -111,48 +111,33 @@ TX_REASON_OF: dict[str, str] = {
 }
 
 
-class CardState:
-    """What one card remembers: decayed windows, its amount profile, bounded small sets."""
+# A card's numbers, packed in one array of doubles (times in ms are exact in a double): a
+# float object costs 24 bytes and a list slot 8 more, a double here 8. Indices:
+C_N = 0             # 5 decayed counts (CARD_TAUS_MS), then
+C_S = 5             # 5 decayed amount sums
+C_T = 10            # last update of the spending windows (ms)
+C_P_T, C_P_W, C_P_MEAN, C_P_VAR, C_Q_MEAN, C_Q_VAR = 11, 12, 13, 14, 15, 16  # amount profile
+C_F_T, C_F_N, C_LAST_FRAUD = 17, 18, 19  # known fraud on the card (from labels), decayed
+C_A_T, C_A_N = 20, 21  # unusual amounts lately: decayed sum of (z - 2)+
+CARD_SLOTS = 22
+_NEW_CARD = array("d", [0.0] * CARD_SLOTS)
+_NEW_CARD[C_LAST_FRAUD] = -1.0
 
-    __slots__ = (
-        "a_n",
-        "a_t",
-        "countries",
-        "devices",
-        "f_n",
-        "f_t",
-        "last_fraud",
-        "n",
-        "p_mean",
-        "p_t",
-        "p_var",
-        "p_w",
-        "q_mean",
-        "q_var",
-        "recent",
-        "s",
-        "t",
-    )
+
+class CardState:
+    """What one card remembers: its numbers (``x``, indices ``C_*``: decayed windows, amount
+    profile, known fraud), its usual countries and devices (small tuples, most recent last:
+    a set costs 216 bytes even with one member) and the merchants of its last hour (a flat
+    tuple ``(merchant, time, ...)``, oldest first). ~0.5 KB a card with its key."""
+
+    __slots__ = ("countries", "devices", "recent", "x")
 
     def __init__(self, t: int) -> None:
-        self.t = t                      # last update of the spending windows (ms)
-        self.n = [0.0] * len(CARD_TAUS_MS)
-        self.s = [0.0] * len(CARD_TAUS_MS)
-        self.p_t = t                    # amount profile: decayed weight, mean, var of log amount
-        self.p_w = 0.0
-        self.p_mean = 0.0
-        self.p_var = 0.0
-        self.q_mean = 0.0               # ... and of the amount itself
-        self.q_var = 0.0
-        self.f_t = t                    # known fraud on the card (from labels), decayed
-        self.f_n = 0.0
-        self.last_fraud = -1            # when the last fraud label of the card became known
-        self.a_t = t                    # unusual amounts lately: decayed sum of (z - 2)+
-        self.a_n = 0.0
-        # small tuples, most recent last: a set costs 216 bytes even with one member
+        x = self.x = array("d", _NEW_CARD)
+        x[C_T] = x[C_P_T] = x[C_F_T] = x[C_A_T] = t
         self.countries: tuple[str, ...] = ()
         self.devices: tuple[str, ...] = ()
-        self.recent: dict[str, int] = {}  # merchant -> last time, for the last hour
+        self.recent: tuple = ()
 
 
 class MerchantState:
@@ -224,48 +209,48 @@ class TransactionFeatures:
             merchants.move_to_end(merchant_id)
 
         # --- card spending windows, decayed to now (events out of order by a little: dt=0)
-        dt = t - card.t
-        first = card.n[4] == 0.0
-        n, s = card.n, card.s
+        (n0, n1, n2, n3, n4, s0, s1, s2, s3, s4, c_t, p_t, p_w, p_mean, p_var, q_mean, q_var,
+         f_t, f_n, last_fraud, a_t, a_n) = card.x
+        dt = t - c_t
+        first = n4 == 0.0
         if dt > 0:  # unrolled: this is the hot path
             d = _exp(-dt / CARD_TAUS_MS[0])
-            n[0] *= d
-            s[0] *= d
+            n0 *= d
+            s0 *= d
             d = _exp(-dt / CARD_TAUS_MS[1])
-            n[1] *= d
-            s[1] *= d
+            n1 *= d
+            s1 *= d
             d = _exp(-dt / CARD_TAUS_MS[2])
-            n[2] *= d
-            s[2] *= d
+            n2 *= d
+            s2 *= d
             d = _exp(-dt / CARD_TAUS_MS[3])
-            n[3] *= d
-            s[3] *= d
+            n3 *= d
+            s3 *= d
             d = _exp(-dt / CARD_TAUS_MS[4])
-            n[4] *= d
-            s[4] *= d
-            card.t = t
-        n10m, n1h, n1d, n7d, n30d = n
-        mean1d = s[2] / n1d if n1d > 1e-9 else 0.0
-        mean7d = s[3] / n7d if n7d > 1e-9 else 0.0
-        mean30d = s[4] / n30d if n30d > 1e-9 else 0.0
+            n4 *= d
+            s4 *= d
+            c_t = t
+        mean1d = s2 / n2 if n2 > 1e-9 else 0.0
+        mean7d = s3 / n3 if n3 > 1e-9 else 0.0
+        mean30d = s4 / n4 if n4 > 1e-9 else 0.0
         # log ratio of the amount to the card's mean spend; 0 when there is no history
-        vs1d = la - _log1p(mean1d) if n1d > 0.05 else 0.0
-        vs7d = la - _log1p(mean7d) if n7d > 0.05 else 0.0
-        vs30d = la - _log1p(mean30d) if n30d > 0.05 else 0.0
+        vs1d = la - _log1p(mean1d) if n2 > 0.05 else 0.0
+        vs7d = la - _log1p(mean7d) if n3 > 0.05 else 0.0
+        vs30d = la - _log1p(mean30d) if n4 > 0.05 else 0.0
         # z-score of log amount against the card's profile (robust to a few outliers: needs
         # some weight first)
-        if card.p_w >= 3.0:
-            z = (la - card.p_mean) / _sqrt(card.p_var + 0.01)
+        if p_w >= 3.0:
+            z = (la - p_mean) / _sqrt(p_var + 0.01)
             z = -5.0 if z < -5.0 else min(z, 10.0)
-            zl = (amount - card.q_mean) / _sqrt(card.q_var + 1.0)
+            zl = (amount - q_mean) / _sqrt(q_var + 1.0)
             zl = -5.0 if zl < -5.0 else min(zl, 20.0)
         else:
             z = zl = 0.0
-        a_n = card.a_n
-        if a_n > 0.0 and t > card.a_t:
-            a_n *= _exp(-(t - card.a_t) / (7 * DAY_MS))
-        card.a_n = a_n + (z - 2.0 if z > 2.0 else 0.0)
-        card.a_t = t
+        if a_n > 0.0 and t > a_t:
+            a_n *= _exp(-(t - a_t) / (7 * DAY_MS))
+        a_n_now = a_n
+        a_n += z - 2.0 if z > 2.0 else 0.0
+        a_t = t
         gap_s = dt / 1000.0 if not first else 30 * 86_400.0
         gap_log = _log1p(gap_s if gap_s > 0 else 0.0)
 
@@ -275,21 +260,26 @@ class TransactionFeatures:
         new_country = 1.0 if (not first and country not in countries) else 0.0
         new_device = 1.0 if (not first and device is not None and device not in devices) \
             else 0.0
-        recent = card.recent  # merchant -> last visit, oldest first: drop the stale ones
-        horizon = t - HOUR_MS
-        while recent:
-            oldest = next(iter(recent))
-            if recent[oldest] >= horizon:
-                break
-            del recent[oldest]
-        merchants_1h = float(len(recent) + (merchant_id not in recent))
+        recent = card.recent  # (merchant, last visit, ...), oldest first: drop the stale ones
+        if recent:
+            horizon = t - HOUR_MS
+            i = 0
+            while i < len(recent) and recent[i + 1] < horizon:
+                i += 2
+            if i:
+                recent = recent[i:]
+            visited = recent[::2]
+            seen_here = merchant_id in visited
+            merchants_1h = float(len(visited) + (not seen_here))
+        else:
+            seen_here = False
+            merchants_1h = 1.0
 
         # --- card's known fraud (labels already arrived), decayed from their arrival
-        f_n = card.f_n
-        if f_n > 0.0:
-            f_n *= _exp(-(t - card.f_t) / CARD_FRAUD_TAU_MS) if t > card.f_t else 1.0
-        fraud_recent = 1.0 if card.last_fraud >= 0 and t - card.last_fraud < 14 * DAY_MS \
-            else 0.0
+        f_now = f_n
+        if f_now > 0.0:
+            f_now *= _exp(-(t - f_t) / CARD_FRAUD_TAU_MS) if t > f_t else 1.0
+        fraud_recent = 1.0 if last_fraud >= 0 and t - last_fraud < 14 * DAY_MS else 0.0
 
         # --- merchant traffic and known-label risk, decayed to now
         mn = m.n
@@ -326,16 +316,16 @@ class TransactionFeatures:
         weekday = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
         x = [
             la,
-            _log1p(n10m), _log1p(n1h), _log1p(n1d), _log1p(n7d), _log1p(n30d),
+            _log1p(n0), _log1p(n1), _log1p(n2), _log1p(n3), _log1p(n4),
             _log1p(mean1d), _log1p(mean7d), _log1p(mean30d),
-            vs1d, vs7d, vs30d, z, zl, _log1p(a_n),
+            vs1d, vs7d, vs30d, z, zl, _log1p(a_n_now),
             gap_log,
             new_country, new_device, merchants_1h,
             _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
             risk[0], risk[1], risk[2],
             mf1, mf7, *episode, ep_rate, *episode_rate,
             *_AMOUNT_ONES[bisect_left(AMOUNT_BANDS, la)],
-            _log1p(f_n), fraud_recent,
+            _log1p(f_now), fraud_recent,
             # a card with known fraud is suspect when it spends unusually, not otherwise
             fraud_recent * (max(0.0, zl)),
             0.0 if event.get("status", "approved") == "approved" else 1.0,
@@ -345,64 +335,26 @@ class TransactionFeatures:
         ]
 
         # --- the event joins the state
-        n[0] += 1.0
-        n[1] += 1.0
-        n[2] += 1.0
-        n[3] += 1.0
-        n[4] += 1.0
-        s[0] += amount
-        s[1] += amount
-        s[2] += amount
-        s[3] += amount
-        s[4] += amount
         mn[0] += 1.0
         mn[1] += 1.0
         mn[2] += 1.0
-        self._profile(card, t, la, amount)
+        card.x = array("d", (n0 + 1.0, n1 + 1.0, n2 + 1.0, n3 + 1.0, n4 + 1.0,
+                             s0 + amount, s1 + amount, s2 + amount, s3 + amount, s4 + amount,
+                             c_t, *_profile(p_t, p_w, p_mean, p_var, q_mean, q_var, t, la,
+                                            amount, 1.0),
+                             f_t, f_n, last_fraud, a_t, a_n))
         if country is not None and country not in countries:
             card.countries = (*countries[-(MAX_SMALL_SET - 1):], country)
         if device is not None and device not in devices:
             card.devices = (*devices[-(MAX_SMALL_SET - 1):], device)
-        recent.pop(merchant_id, None)
-        recent[merchant_id] = t
-        if len(recent) > MAX_RECENT_MERCHANTS:
-            del recent[next(iter(recent))]
+        if seen_here:
+            i = recent.index(merchant_id)  # merchants sit at even indices, times are ints
+            recent = recent[:i] + recent[i + 2:]
+        recent = (*recent, merchant_id, t)
+        if len(recent) > 2 * MAX_RECENT_MERCHANTS:
+            recent = recent[2:]
+        card.recent = recent
         return x
-
-    @staticmethod
-    def _profile(card: CardState, t: int, la: float, amount: float,
-                 weight: float = 1.0) -> None:
-        """Fold (or, with a negative weight, take out) an amount into the card's profile.
-
-        Robust: once the profile has some weight, a value is clipped to 3 standard deviations
-        of it before it counts, so a burst of fraudulent amounts does not make itself usual
-        before its labels arrive.
-        """
-        dt = t - card.p_t
-        w = card.p_w
-        if dt > 0:
-            w *= _exp(-dt / PROFILE_TAU_MS)
-            card.p_t = t
-        new_w = w + weight
-        if new_w <= 1e-6:
-            card.p_w = card.p_mean = card.p_var = card.q_mean = card.q_var = 0.0
-            return
-        mean, var, qmean, qvar = card.p_mean, card.p_var, card.q_mean, card.q_var
-        if w >= 3.0:
-            sd = 3.0 * _sqrt(var + 0.01)
-            la = mean + sd if la > mean + sd else max(la, mean - sd)
-            sd = 3.0 * _sqrt(qvar + 1.0)
-            amount = qmean + sd if amount > qmean + sd else max(amount, qmean - sd)
-        # West's weighted incremental mean and variance
-        delta = la - mean
-        mean += weight * delta / new_w
-        var = (w * var + weight * delta * (la - mean)) / new_w
-        delta = amount - qmean
-        qmean += weight * delta / new_w
-        qvar = (w * qvar + weight * delta * (amount - qmean)) / new_w
-        card.p_w, card.p_mean, card.q_mean = new_w, mean, qmean
-        card.p_var = max(0.0, var)
-        card.q_var = max(0.0, qvar)
 
     # ----------------------------------------------------------------------------- labels
 
@@ -444,15 +396,18 @@ class TransactionFeatures:
         if label:
             card = self._cards.get(card_id)
             if card is not None:
-                if known_at > card.f_t:
-                    card.f_n *= _exp(-(known_at - card.f_t) / CARD_FRAUD_TAU_MS)
-                    card.f_t = known_at
-                card.f_n += 1.0
-                card.last_fraud = max(card.last_fraud, known_at)
+                x = card.x
+                if known_at > x[C_F_T]:
+                    x[C_F_N] *= _exp(-(known_at - x[C_F_T]) / CARD_FRAUD_TAU_MS)
+                    x[C_F_T] = known_at
+                x[C_F_N] += 1.0
+                x[C_LAST_FRAUD] = max(x[C_LAST_FRAUD], known_at)
                 # weight of the fraudulent amount in the profile today
-                age = card.p_t - event_time
+                p_t = x[C_P_T]
+                age = p_t - event_time
                 w = _exp(-age / PROFILE_TAU_MS) if age > 0 else 1.0
-                self._profile(card, card.p_t, _log1p(amount), amount, -w)
+                x[C_P_T:C_Q_VAR + 1] = array("d", _profile(
+                    *x[C_P_T:C_Q_VAR + 1], p_t, _log1p(amount), amount, -w))
 
     def __len__(self) -> int:
         return len(self._cards)
@@ -471,10 +426,9 @@ class TransactionFeatures:
         cards = []
         for key, c in self._cards.items():
             # copies: the state is serialised on another thread while the scorer goes on
-            row = [_copy(getattr(c, f)) for f in self._CARD_FIELDS]
-            i = self._CARD_FIELDS.index("recent")
-            row[i] = [x for item in row[i].items() for x in item]  # flat [m, t, m, t, ...]
-            cards.append([key, row])
+            # (the fields in __slots__ order: countries, devices, recent, x)
+            cards.append([key, [list(c.countries), list(c.devices), list(c.recent),
+                                c.x.tolist()]])
         merchants = [[key, [_copy(getattr(m, f)) for f in self._MERCHANT_FIELDS]]
                      for key, m in self._merchants.items()]
         return {"card_fields": list(self._CARD_FIELDS), "cards": cards,
@@ -492,17 +446,11 @@ class TransactionFeatures:
                 or tuple(state["merchant_fields"]) != self._MERCHANT_FIELDS):
             raise ValueError("transaction feature state: its card/merchant fields are not this "
                              "version's; discard the snapshot and let the features warm up")
-        tuples = {self._CARD_FIELDS.index("countries"), self._CARD_FIELDS.index("devices")}
-        recent_i = self._CARD_FIELDS.index("recent")
         self._cards.clear()
-        for key, row in state["cards"]:
+        for key, (countries, devices, recent, x) in state["cards"]:
             c = CardState.__new__(CardState)
-            for i, (f, v) in enumerate(zip(self._CARD_FIELDS, row)):
-                if i in tuples:
-                    v = tuple(v)
-                elif i == recent_i:
-                    v = dict(zip(v[::2], v[1::2]))
-                setattr(c, f, v)
+            c.countries, c.devices, c.recent = tuple(countries), tuple(devices), tuple(recent)
+            c.x = array("d", x)
             self._cards[key] = c
         self._merchants.clear()
         for key, row in state["merchants"]:
@@ -510,6 +458,37 @@ class TransactionFeatures:
             for f, v in zip(self._MERCHANT_FIELDS, row):
                 setattr(m, f, v)
             self._merchants[key] = m
+
+
+def _profile(p_t: float, w: float, mean: float, var: float, qmean: float, qvar: float,
+             t: float, la: float, amount: float, weight: float) -> tuple:
+    """Fold (or, with a negative weight, take out) an amount into a card's amount profile:
+    the new ``(p_t, p_w, p_mean, p_var, q_mean, q_var)``.
+
+    Robust: once the profile has some weight, a value is clipped to 3 standard deviations
+    of it before it counts, so a burst of fraudulent amounts does not make itself usual
+    before its labels arrive.
+    """
+    dt = t - p_t
+    if dt > 0:
+        w *= _exp(-dt / PROFILE_TAU_MS)
+        p_t = t
+    new_w = w + weight
+    if new_w <= 1e-6:
+        return p_t, 0.0, 0.0, 0.0, 0.0, 0.0
+    if w >= 3.0:
+        sd = 3.0 * _sqrt(var + 0.01)
+        la = mean + sd if la > mean + sd else max(la, mean - sd)
+        sd = 3.0 * _sqrt(qvar + 1.0)
+        amount = qmean + sd if amount > qmean + sd else max(amount, qmean - sd)
+    # West's weighted incremental mean and variance
+    delta = la - mean
+    mean += weight * delta / new_w
+    var = (w * var + weight * delta * (la - mean)) / new_w
+    delta = amount - qmean
+    qmean += weight * delta / new_w
+    qvar = (w * qvar + weight * delta * (amount - qmean)) / new_w
+    return p_t, new_w, mean, max(0.0, var), qmean, max(0.0, qvar)
 
 
 def _copy(value):
