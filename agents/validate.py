@@ -19,6 +19,8 @@ once).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -262,3 +264,54 @@ class Gateway:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         for tp in (self._uncommitted.copy() if partitions is None else partitions):
             self._uncommitted.pop(tp, None)
+
+
+# -- in a child process of the worker ---------------------------------------------------------
+
+GATEWAY_METRICS = ["EVENTS_IN", "VALIDATED", "REJECTED", "ALIVE", "BATCH_SECONDS"]
+
+
+def run_child(bootstrap: str, stop: threading.Event, conn, log_level: str = "INFO") -> None:
+    """Entry point of the gateway's process, spawned by the worker (pipelines/app.py).
+
+    Validation then has a core and a GIL of its own while the worker scores. Its metrics go
+    to the worker through ``conn`` every ``RELAY_S`` (``pipelines.metrics.Relay``), so one
+    /metrics per worker still shows them; settings come from the same environment.
+    """
+    logging.basicConfig(level=log_level.upper(),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] [gateway] %(message)s")
+    # The worker stops it (``stop``); Ctrl-C reaches the whole process group, and the worker
+    # drains in order. A worker that died without stopping it (SIGKILL) is noticed below.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = os.getppid()
+    relay = metrics.Relay()
+    relay.install(GATEWAY_METRICS)
+    done = threading.Event()
+
+    def send() -> None:
+        while not done.wait(RELAY_S):
+            try:
+                conn.send(relay.drain())
+            except OSError:  # the worker closed its end
+                pass
+            if os.getppid() != parent:
+                log.error("the worker is gone; the gateway stops")
+                stop.set()
+                return
+
+    sender = threading.Thread(target=send, name="metrics-relay", daemon=True)
+    sender.start()
+    try:
+        Gateway(Settings(), bootstrap).run(stop)
+    finally:
+        done.set()
+        sender.join()
+        try:
+            conn.send(relay.drain())
+            conn.close()
+        except OSError:
+            pass
+
+
+RELAY_S = 0.5

@@ -2,8 +2,9 @@
 
 ``build_app(settings, bootstrap)`` wires it; there is no module-level App. Agents are thin:
 the models are plain Python in ``agents/``. Each agent message is a JSON array of events from
-one input partition (written by the validation gateway, which runs inside the worker as a
-Faust service), so Faust's per-message cost is paid once per batch.
+one input partition (written by the validation gateway, which the worker runs in a child
+process: validation and scoring each get a core), so Faust's per-message cost is paid once
+per batch.
 
 Outputs go out through one confluent-kafka producer, one JSON object per message (the stable
 output schemas of ``schemas/outputs.py``). The agent never waits for the broker between
@@ -39,9 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,6 +54,7 @@ import mode
 import orjson
 from confluent_kafka import Producer
 
+from agents import validate
 from agents.aggregate import WindowAggregator
 from agents.alerting import AlertEngine, alert_row
 from agents.anomaly import STATE_VERSION as METRIC_STATE_VERSION
@@ -60,13 +62,23 @@ from agents.anomaly import MetricScorer
 from agents.champion import ChampionChallenger
 from agents.rules import RulesSource
 from agents.snapshot import SnapshotStore
-from agents.validate import Gateway
 from pipelines import metrics
 from pipelines.kafka import producer_config
 from pipelines.settings import Settings
 from pipelines.topics import (
-    AGGREGATES, ALERTS, APPLICATIONS, LABELS, METRIC_ANOMALIES, METRIC_SAMPLES, MODEL_QUALITY,
-    RULES, SCORED_APPLICATIONS, SCORED_TRANSACTIONS, SYSTEM_METRICS, TRANSACTIONS, VALIDATED,
+    AGGREGATES,
+    ALERTS,
+    APPLICATIONS,
+    LABELS,
+    METRIC_ANOMALIES,
+    METRIC_SAMPLES,
+    MODEL_QUALITY,
+    RULES,
+    SCORED_APPLICATIONS,
+    SCORED_TRANSACTIONS,
+    SYSTEM_METRICS,
+    TRANSACTIONS,
+    VALIDATED,
 )
 from schemas.outputs import METRIC_SAMPLE
 
@@ -80,7 +92,7 @@ def _now_ms() -> int:
 class _Batch:
     """The outputs of one input batch in flight; ``done`` runs once all are acknowledged."""
 
-    __slots__ = ("outputs", "pending", "done")
+    __slots__ = ("done", "outputs", "pending")
 
     def __init__(self, outputs: Outputs, done: Callable[[], Any] | None = None) -> None:
         self.outputs, self.pending, self.done = outputs, 0, done
@@ -564,8 +576,13 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
 
     @app.on_before_shutdown.connect
     async def _final_snapshots(app: faust.App, **kwargs: Any) -> None:
-        checkpoint()
-        pipeline.close()
+        # Best effort, each on its own: a failure is logged and the worker still stops (the
+        # next start replays from the last checkpoint and snapshot).
+        for step in (checkpoint, pipeline.close):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - logged with its traceback
+                log.exception("shutdown: %s failed", step.__name__)
 
     @app.on_partitions_revoked.connect
     async def _hand_over(app: faust.App, revoked: set, **kwargs: Any) -> None:
@@ -579,24 +596,46 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     if run_gateway:
         @app.service
         class GatewayService(mode.Service):
-            """The batch validation gateway (agents/validate.py) on a thread of the worker."""
+            """The batch validation gateway (agents/validate.py) in a child process of the
+            worker: validation gets a core of its own while the worker scores. Its metrics
+            are relayed here; if it dies, the worker stops loudly (the supervisor or the
+            orchestrator restarts both)."""
 
             async def on_start(self) -> None:
-                self._stop = threading.Event()
-                gateway = Gateway(settings, bootstrap)
+                ctx = multiprocessing.get_context("spawn")
+                self._stop = ctx.Event()
+                receive, send = ctx.Pipe(duplex=False)
+                self._process = ctx.Process(
+                    target=validate.run_child, name="riskstream-gateway", daemon=True,
+                    args=(bootstrap, self._stop, send, settings.service.log_level))
+                self._process.start()
+                send.close()
                 loop = asyncio.get_running_loop()
-                self._future = loop.run_in_executor(None, gateway.run, self._stop)
-                self._future.add_done_callback(self._crashed)
+                self._relay = loop.run_in_executor(None, self._relay_metrics, receive)
+                self._relay.add_done_callback(self._exited)
 
-            def _crashed(self, future: asyncio.Future) -> None:
-                if not self._stop.is_set() and future.exception() is not None:
+            def _relay_metrics(self, receive: Any) -> None:
+                """Replay the gateway's metrics until its end of the pipe closes."""
+                while True:
+                    try:
+                        metrics.replay(receive.recv())
+                    except EOFError:
+                        break
+                self._process.join()
+
+            def _exited(self, _future: asyncio.Future) -> None:
+                if not self._stop.is_set():
                     # Crash loudly: the supervisor (or the orchestrator) restarts the worker.
-                    log.critical("validation gateway died: %r; stopping the worker",
-                                 future.exception())
+                    log.critical("validation gateway exited with code %s; stopping the worker",
+                                 self._process.exitcode)
                     os.kill(os.getpid(), signal.SIGTERM)
 
             async def on_stop(self) -> None:
                 self._stop.set()
-                await asyncio.wait_for(self._future, timeout=30)
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._relay), timeout=30)
+                except TimeoutError:
+                    log.error("validation gateway did not stop in 30 s; killing it")
+                    self._process.kill()
 
     return app

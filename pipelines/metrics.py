@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -52,3 +56,82 @@ MODEL_PRECISION_AT_REVIEW = Gauge("riskstream_model_precision_at_review",
 MODEL_RECALL_AT_REVIEW = Gauge("riskstream_model_recall_at_review",
                                "Recall at the review threshold, last labelled events",
                                ["stream", "role"])
+
+
+class Relay:
+    """Metrics of a child process, replayed by its parent onto the parent's own metrics.
+
+    The worker runs its validation gateway in a child process (its own core, its own GIL);
+    operators still scrape one /metrics per worker. In the child, ``Relay.install(names)``
+    replaces those module metrics with recorders; ``drain()`` returns what happened since the
+    last drain (counter increments summed, observations listed, gauge values last-wins) as
+    plain data for a pipe, and the parent applies it with :func:`replay`.
+    """
+
+    def __init__(self) -> None:
+        self._ops: dict[tuple[str, tuple[str, ...], str], Any] = {}
+
+    def install(self, names: list[str]) -> None:
+        for name in names:
+            globals()[name] = _Recorded(self, name)
+
+    def record(self, name: str, labels: tuple[str, ...], op: str, value: float) -> None:
+        key = (name, labels, op)
+        if op == "inc":
+            self._ops[key] = self._ops.get(key, 0.0) + value
+        elif op == "observe":
+            self._ops.setdefault(key, []).append(value)
+        else:  # "set": the last value wins
+            self._ops[key] = value
+
+    def drain(self) -> list[tuple[str, tuple[str, ...], str, Any]]:
+        ops, self._ops = self._ops, {}
+        return [(name, labels, op, value) for (name, labels, op), value in ops.items()]
+
+
+def replay(ops: list[tuple[str, tuple[str, ...], str, Any]]) -> None:
+    """Apply a child's drained metrics (:class:`Relay`) to this process's metrics."""
+    for name, labels, op, value in ops:
+        child = globals()[name].labels(*labels)
+        if op == "inc":
+            child.inc(value)
+        elif op == "observe":
+            for v in value:
+                child.observe(v)
+        else:
+            child.set(value)
+
+
+class _Recorded:
+    """Stands in for a metric in a child process: ``.labels(...)`` -> :class:`_RecordedChild`."""
+
+    def __init__(self, relay: Relay, name: str) -> None:
+        self._relay, self._name = relay, name
+
+    def labels(self, *labels: str) -> _RecordedChild:
+        return _RecordedChild(self._relay, self._name, tuple(str(x) for x in labels))
+
+
+class _RecordedChild:
+    def __init__(self, relay: Relay, name: str, labels: tuple[str, ...]) -> None:
+        self._relay, self._name, self._labels = relay, name, labels
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._relay.record(self._name, self._labels, "inc", amount)
+
+    def observe(self, value: float) -> None:
+        self._relay.record(self._name, self._labels, "observe", value)
+
+    def set(self, value: float) -> None:
+        self._relay.record(self._name, self._labels, "set", value)
+
+    def set_to_current_time(self) -> None:
+        self.set(time.time())
+
+    @contextmanager
+    def time(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(time.perf_counter() - started)
