@@ -344,7 +344,10 @@ class TransactionFeatures:
                                             amount, 1.0),
                              f_t, f_n, last_fraud, a_t, a_n))
         if country is not None and country not in countries:
-            card.countries = (*countries[-(MAX_SMALL_SET - 1):], country)
+            if countries:
+                card.countries = (*countries[-(MAX_SMALL_SET - 1):], country)
+            else:  # most cards stay in one country: one shared tuple per country
+                card.countries = _ONE_COUNTRY.get(country) or _one_country(country)
         if device is not None and device not in devices:
             card.devices = (*devices[-(MAX_SMALL_SET - 1):], device)
         if seen_here:
@@ -458,6 +461,17 @@ class TransactionFeatures:
             for f, v in zip(self._MERCHANT_FIELDS, row):
                 setattr(m, f, v)
             self._merchants[key] = m
+
+
+_ONE_COUNTRY: dict[str, tuple[str]] = {}
+
+
+def _one_country(country: str) -> tuple[str]:
+    """The shared 1-tuple of ``country`` (a new one past 1,024 distinct values: bounded)."""
+    one = (country,)
+    if len(_ONE_COUNTRY) < 1024:
+        _ONE_COUNTRY[country] = one
+    return one
 
 
 def _profile(p_t: float, w: float, mean: float, var: float, qmean: float, qvar: float,

@@ -293,9 +293,19 @@ def test_a_pending_event_is_one_packed_blob_and_its_label_context():
     for i in range(5):
         scorer.score_record(txn(i, t=T0 + i * 1000), T0)
     entry = scorer._pending["t3"]
-    # event time and score (16 bytes), then the features as float32: no per-value objects
-    assert isinstance(entry[0], bytes) and len(entry[0]) == 16 + 4 * len(scorer.feature_names)
+    # event time and score (16 bytes), then the features as float16: no per-value objects
+    assert isinstance(entry[0], bytes) and len(entry[0]) == 16 + 2 * len(scorer.feature_names)
     assert entry[1:] == ("c1", "m1", 20.0)
     assert list(scorer._expiry) == [(T0 + i * 1000, f"t{i}") for i in range(5)]
     scorer.score_record(txn(9, t=T0 + 2 * HOUR_MS), T0)  # the TTL passes: all 5 learned
     assert len(scorer._expiry) == 1 and scorer.stats()["expired_as_genuine"] == 5
+
+
+def test_cards_of_one_country_share_its_tuple():
+    f = TransactionFeatures()
+    for i in range(3):
+        f.compute(txn(i, card_id=f"c{i}", country="PT"))
+    c0, c1 = f._cards["c0"], f._cards["c1"]
+    assert c0.countries == ("PT",) and c0.countries is c1.countries
+    f.compute(txn(9, card_id="c0", country="ES"))  # a second country: the card's own tuple
+    assert c0.countries == ("PT", "ES") and c1.countries == ("PT",)
