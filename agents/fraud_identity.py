@@ -104,11 +104,15 @@ class ApplicationFeatures:
         self.max_keys = max_keys
         self.risk_prior = risk_prior
         self._keys: BoundedDict[str, KeyState] = BoundedDict(max_keys)
+        # the identity keys of the event computed last: its label context (``context``)
+        self._last_event: dict | None = None
+        self._last_context: tuple = ()
 
-    def _key(self, kind: str, value: object, t: int) -> KeyState | None:
+    def _key(self, kind: str, value: object, t: int, used: list[str]) -> KeyState | None:
         if value is None or value == "":
             return None
         k = f"{kind}:{value}"
+        used.append(k)
         state = self._keys.get(k)
         if state is None:
             state = self._keys[k] = KeyState(t)
@@ -118,11 +122,13 @@ class ApplicationFeatures:
 
     def compute(self, event: dict) -> list[float]:
         t = event["event_time"]
-        ssn = self._key("ssn", event.get("ssn_hash"), t)
-        dev = self._key("dev", event.get("device_id"), t)
-        ip = self._key("ip", event.get("ip"), t)
-        addr = self._key("addr", event.get("address_hash"), t)
-        mail = self._key("mail", event.get("email_domain"), t)
+        used: list[str] = []
+        ssn = self._key("ssn", event.get("ssn_hash"), t, used)
+        dev = self._key("dev", event.get("device_id"), t, used)
+        ip = self._key("ip", event.get("ip"), t, used)
+        addr = self._key("addr", event.get("address_hash"), t, used)
+        mail = self._key("mail", event.get("email_domain"), t, used)
+        self._last_event, self._last_context = event, tuple(used)
         x: list[float] = []
         known_fraud = 0.0
         for state in (ssn, dev, ip, addr):
@@ -188,6 +194,9 @@ class ApplicationFeatures:
         return x
 
     def context(self, event: dict) -> tuple:
+        """The identity keys an event's label marks (those ``compute`` just used for it)."""
+        if event is self._last_event:
+            return self._last_context
         return tuple(f"{kind}:{event.get(field)}" for kind, field in (
             ("ssn", "ssn_hash"), ("dev", "device_id"), ("ip", "ip"), ("addr", "address_hash"),
             ("mail", "email_domain")) if event.get(field) not in (None, ""))

@@ -309,3 +309,12 @@ def test_cards_of_one_country_share_its_tuple():
     assert c0.countries == ("PT",) and c0.countries is c1.countries
     f.compute(txn(9, card_id="c0", country="ES"))  # a second country: the card's own tuple
     assert c0.countries == ("PT", "ES") and c1.countries == ("PT",)
+
+
+def test_an_applications_label_context_is_the_keys_its_features_used():
+    f = ApplicationFeatures()
+    event = app(0, ip="")  # no IP: not a key
+    f.compute(event)
+    expected = ("ssn:ssn0", "dev:d0", "addr:addr0", "mail:example.com")
+    assert f.context(event) == expected
+    assert f.context(dict(event)) == expected  # another event object: built again
