@@ -26,7 +26,9 @@ import time
 from collections import OrderedDict, defaultdict
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition,
+)
 
 from pipelines import metrics
 from pipelines.kafka import consumer_config, producer_config, readable
@@ -113,7 +115,7 @@ class Gateway:
                     [TopicPartition(out.topic, partition, horizon_ms)], timeout=10)[0].offset
                 if found >= 0:
                     start = max(low, found - 1)  # the message before holds the previous src too
-            except Exception:  # broker without timestamp index: read the whole partition
+            except KafkaException:  # broker without timestamp index: read the whole partition
                 start = low
             reader.assign([TopicPartition(out.topic, partition, start if start > 0 else OFFSET_BEGINNING)])
             # Read to the end: stop at the first empty poll past the high watermark (Tansu
@@ -271,7 +273,8 @@ class Gateway:
 GATEWAY_METRICS = ["EVENTS_IN", "VALIDATED", "REJECTED", "ALIVE", "BATCH_SECONDS"]
 
 
-def run_child(bootstrap: str, stop: threading.Event, conn, log_level: str = "INFO") -> None:
+def run_child(bootstrap: str, stop: threading.Event, conn, worker_pid: int,
+              log_level: str = "INFO") -> None:
     """Entry point of the gateway's process, spawned by the worker (pipelines/app.py).
 
     Validation then has a core and a GIL of its own while the worker scores. Its metrics go
@@ -284,7 +287,7 @@ def run_child(bootstrap: str, stop: threading.Event, conn, log_level: str = "INF
     # drains in order. A worker that died without stopping it (SIGKILL) is noticed below.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    parent = os.getppid()
+    parent = worker_pid  # not getppid() now: the worker may already be gone
     relay = metrics.Relay()
     relay.install(GATEWAY_METRICS)
     done = threading.Event()
@@ -294,24 +297,31 @@ def run_child(bootstrap: str, stop: threading.Event, conn, log_level: str = "INF
             try:
                 conn.send(relay.drain())
             except OSError:  # the worker closed its end
-                pass
+                return
+
+    def watch() -> None:  # never blocks on the pipe: a full pipe must not hide a dead worker
+        while not done.wait(RELAY_S):
             if os.getppid() != parent:
                 log.error("the worker is gone; the gateway stops")
                 stop.set()
                 return
 
-    sender = threading.Thread(target=send, name="metrics-relay", daemon=True)
-    sender.start()
+    threads = [threading.Thread(target=send, name="metrics-relay", daemon=True),
+               threading.Thread(target=watch, name="worker-watch", daemon=True)]
+    for thread in threads:
+        thread.start()
     try:
         Gateway(Settings(), bootstrap).run(stop)
     finally:
         done.set()
-        sender.join()
-        try:
-            conn.send(relay.drain())
-            conn.close()
-        except OSError:
-            pass
+        for thread in threads:
+            thread.join(timeout=2 * RELAY_S)
+        if os.getppid() == parent:
+            try:
+                conn.send(relay.drain())
+                conn.close()
+            except OSError:
+                pass
 
 
 RELAY_S = 0.5

@@ -43,6 +43,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -94,15 +95,20 @@ class _Batch:
 
     __slots__ = ("done", "outputs", "pending")
 
-    def __init__(self, outputs: Outputs, done: Callable[[], Any] | None = None) -> None:
-        self.outputs, self.pending, self.done = outputs, 0, done
+    def __init__(self, outputs: Outputs) -> None:
+        self.outputs, self.pending = outputs, 0
+        self.done: Callable[[], Any] | None = None
 
     def delivered(self, err: Any, _msg: Any) -> None:
-        self.pending -= 1
+        outputs = self.outputs
         if err is not None:
-            self.outputs.error = RuntimeError(f"output delivery failed: {err}")
-        elif self.pending == 0 and self.done is not None and self.outputs.error is None:
-            self.done()
+            outputs.error = RuntimeError(f"output delivery failed: {err}")
+            return  # never acked: the worker stops at its next poll and replays the batch
+        with outputs.lock:
+            self.pending -= 1
+            finished = self.pending == 0 and self.done is not None
+        if finished and outputs.error is None:
+            outputs.on_loop(self.done)
 
 
 class Outputs:
@@ -110,9 +116,10 @@ class Outputs:
 
     The agent does not wait for the broker between batches: ``begin()`` opens a batch, every
     ``send`` counts against it, ``end(done)`` closes it, and ``done`` (the agent's ack of its
-    Faust event) runs once the broker has acknowledged every output of the batch, from
-    ``poll()`` or ``flush()`` on the event loop. Faust commits an input offset only when it
-    is acked, so a crash replays every batch whose outputs were not all delivered. A failed
+    Faust event) runs on the event loop once the broker has acknowledged every output of the
+    batch. A thread serves the delivery reports, so acks arrive even while the loop only
+    waits (Faust waits for acks when it stops). Faust commits an input offset only when it is
+    acked, so a crash replays every batch whose outputs were not all delivered. A failed
     delivery is never acked: ``poll``/``flush`` raise and the worker restarts from the
     committed offsets.
     """
@@ -120,7 +127,27 @@ class Outputs:
     def __init__(self, bootstrap: str) -> None:
         self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
         self.error: Exception | None = None
+        self.lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._batch = _Batch(self)  # sends outside a batch (silences, quality) count here
+        self._poller = threading.Thread(target=self._serve, name="output-deliveries",
+                                        daemon=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve delivery reports from now on; ``done`` callbacks run on ``loop``."""
+        self._loop = loop
+        if not self._poller.is_alive():
+            self._poller.start()
+
+    def on_loop(self, fn: Callable[[], Any]) -> None:
+        if self._loop is None:
+            fn()  # not started (tests, tools): the caller's thread is the only one
+        else:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _serve(self) -> None:
+        while True:  # a daemon thread: it lives as long as the worker
+            self._producer.poll(0.05)
 
     def begin(self) -> None:
         self._batch = _Batch(self)
@@ -128,37 +155,37 @@ class Outputs:
     def end(self, done: Callable[[], Any]) -> None:
         """Close the open batch: ``done`` runs when its outputs are all delivered."""
         batch, self._batch = self._batch, _Batch(self)
-        if batch.pending == 0:
+        with self.lock:
+            finished = batch.pending == 0
+            if not finished:
+                batch.done = done
+        if finished:
             done()
-        else:
-            batch.done = done
 
     def send(self, topic: str, key: str | None, record: dict) -> None:
         batch = self._batch
+        value = orjson.dumps(record)
+        with self.lock:  # counted first: its report may come from the thread at once
+            batch.pending += 1
         while True:
             try:
-                self._producer.produce(topic, key=key.encode() if key else None,
-                                       value=orjson.dumps(record), on_delivery=batch.delivered)
-                batch.pending += 1
+                self._producer.produce(topic, key=key.encode() if key else None, value=value,
+                                       on_delivery=batch.delivered)
                 return
             except BufferError:  # local queue full: let the broker catch up, never drop
-                self._producer.poll(0.1)
+                time.sleep(0.01)
 
     def poll(self) -> None:
-        """Run the delivery callbacks that are due (acks of finished batches)."""
-        self._producer.poll(0)
-        self._raise()
+        """Raise if an output could not be delivered."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
 
     def flush(self) -> None:
         """Wait until every output so far is acknowledged."""
         while self._producer.flush(5.0):
             log.warning("waiting for the broker to acknowledge outputs")
-        self._raise()
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
+        self.poll()
 
 
 class Pipeline:
@@ -560,10 +587,9 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         agent.__name__ = agent.__qualname__ = f"score_{stream.replace('-', '_')}"
         return app.agent(topic, name=agent.__name__)(agent)
 
-    @app.timer(0.05)
-    async def _deliveries() -> None:
-        # Acks of the last batches when no new batch comes to poll for them.
-        outputs.poll()
+    @app.task
+    async def _serve_deliveries() -> None:
+        outputs.start(asyncio.get_running_loop())
 
     for stream in (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS):
         scoring_agent(stream)
@@ -581,7 +607,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         for step in (checkpoint, pipeline.close):
             try:
                 step()
-            except Exception:  # noqa: BLE001 - logged with its traceback
+            except Exception:  # logged with its traceback
                 log.exception("shutdown: %s failed", step.__name__)
 
     @app.on_partitions_revoked.connect
@@ -607,7 +633,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 receive, send = ctx.Pipe(duplex=False)
                 self._process = ctx.Process(
                     target=validate.run_child, name="riskstream-gateway", daemon=True,
-                    args=(bootstrap, self._stop, send, settings.service.log_level))
+                    args=(bootstrap, self._stop, send, os.getpid(), settings.service.log_level))
                 self._process.start()
                 send.close()
                 loop = asyncio.get_running_loop()

@@ -47,6 +47,14 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the worker's validation gateway)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _proc_peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -158,7 +166,8 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
             read = total(w, "riskstream_events_in_total")
             if read and first is None:
                 first = time.perf_counter()
-                cpu0 = {p.process.pid: _proc_cpu_s(p.process.pid) for p in (worker, sink)}
+                pids = [worker.process.pid, sink.process.pid, *_children(worker.process.pid)]
+                cpu0 = {pid: _proc_cpu_s(pid) for pid in pids}
             handled = (total(w, "riskstream_scored_total") + total(w, "riskstream_rejected_total")
                        + total(w, "riskstream_validated_total", stream="labels"))
             if first and read >= n and handled >= n:
@@ -178,6 +187,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         _say(f"  latency at half load: {rate:,.0f} events/s for {load_s:.0f} s")
         scored_ms, lake_ms = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]))
         rss = {"worker": _proc_peak_rss_mb(worker.process.pid),
+               "gateway": sum(_proc_peak_rss_mb(c) for c in _children(worker.process.pid)),
                "sink": _proc_peak_rss_mb(sink.process.pid)}
         return {"pipeline_eps": eps, "cpu_s_per_1000_events": cpu_per_1000,
                 "latency_ms": _percentiles(scored_ms), "latency_to_lake_ms": _percentiles(lake_ms),
@@ -310,11 +320,12 @@ def report(r: dict) -> str:
         f"  (4) full pipeline                {r['pipeline_eps']:>12,.0f} events/s",
         f"      (4)/(3) = {r['ratio_pipeline_to_faust']:.2f}x   "
         f"(4)/(2) = {r['ratio_pipeline_to_ceiling']:.3f}",
-        f"  CPU: {r['cpu_s_per_1000_events']:.3f} s per 1,000 events (worker + sink)",
+        f"  CPU: {r['cpu_s_per_1000_events']:.3f} s per 1,000 events (worker, its gateway, sink)",
         f"  latency at {r['offered_load_eps']:,.0f} events/s, event time to scored output: "
         f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,})",
         f"  latency to the lake: p50 {lake['p50']} ms, p95 {lake['p95']} ms, p99 {lake['p99']} ms",
-        f"  peak RSS: worker {r['rss_mb']['worker']:.0f} MiB, sink {r['rss_mb']['sink']:.0f} MiB",
+        (f"  peak RSS: worker {r['rss_mb']['worker']:.0f} MiB, its gateway "
+         f"{r['rss_mb']['gateway']:.0f} MiB, sink {r['rss_mb']['sink']:.0f} MiB"),
         *([f"  state: {r['state_memory']['cards']:,} cards + {r['state_memory']['series']:,} "
            f"series -> RSS {r['state_memory']['rss_mb']:.0f} MiB (cards "
            f"{r['state_memory']['cards_mb']:.0f}, series {r['state_memory']['series_mb']:.0f})"]

@@ -28,6 +28,34 @@ def wait_until(condition: Callable[[], T], *, timeout_s: float, what: str,
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie is dead for our purpose)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def children(pid: int, command: str = "") -> list[int]:
+    """The direct children of ``pid`` whose command line contains ``command``."""
+    try:
+        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    out = []
+    for child in pids:
+        try:
+            if command in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                out.append(child)
+        except OSError:
+            pass  # gone meanwhile
+    return out
+
+
+GATEWAY = "spawn_main"  # how the worker's gateway process shows (multiprocessing spawn)
+
+
 class Process:
     """``python -m pipelines.cli ARGS`` with its own environment and a log file."""
 

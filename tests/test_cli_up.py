@@ -11,24 +11,11 @@ import sys
 import urllib.request
 
 import pytest
+from processes import GATEWAY, ROOT, alive, children, wait_until
 
-from processes import ROOT, wait_until
 from sinks.clickhouse import query_rows
 
 pytestmark = pytest.mark.integration
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purpose.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
@@ -59,7 +46,10 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
             status = json.load(r)
         assert status["events_in"]["transactions"] > 0
         pids = [p["pid"] for p in status["processes"].values()] + [status["broker_pid"]]
-        assert all(_alive(pid) for pid in pids)
+        gateway = children(status["processes"]["worker"]["pid"], GATEWAY)
+        assert len(gateway) == 1
+        pids += gateway
+        assert all(alive(pid) for pid in pids)
 
         up.send_signal(signal.SIGINT)  # Ctrl-C
         assert up.wait(90) == 0
@@ -73,5 +63,5 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
     assert rows["scored_transactions"] == lake_count() > first
     assert (rows["scored_transactions"] + rows["scored_applications"] + rows["metric_samples"]
             == summary["scored"])
-    assert wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=10,
+    assert wait_until(lambda: not any(alive(pid) for pid in pids), timeout_s=10,
                       what="no orphan process"), pids
