@@ -27,7 +27,12 @@ from collections import OrderedDict, defaultdict
 
 import orjson
 from confluent_kafka import (
-    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition,
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
 )
 
 from pipelines import metrics
