@@ -130,9 +130,9 @@ class AlertEngine:
         # slice -> largest event time seen; slice -> stream
         self._max_event: dict[str, int] = {}
         self._stream_of: dict[str, str] = {}
-        # rule -> groups counted since its last tick, and the watermark's window index then:
-        # a tick evaluates every group of a rule only when the watermark entered a new window
-        # (only then can a window close), otherwise just the groups that changed.
+        # rule -> late groups counted since its last tick, and the watermark's window index
+        # then: a tick evaluates every group of a rule only when the watermark entered a new
+        # window (only then can a window close), otherwise just the groups of late records.
         self._touched: dict[str, set[tuple[str, str]]] = {}
         self._ticked: dict[str, int] = {}
         self.set_rules(rules)
@@ -178,25 +178,42 @@ class AlertEngine:
         return out
 
     def _count(self, rule: Rule, record: dict, t: int, slice_: str) -> None:
-        group = "/".join(str(record.get(c)) for c in rule.group) or "all"
+        # Per record and rule: lookups before inserts, no throwaway dicts.
+        group = ("/".join([str(record.get(c)) for c in rule.group]) if rule.group else "") or "all"
         key = (rule.name, group)
-        if key not in self._buckets and len(self._buckets) >= self.max_groups:
+        slices = self._buckets.get(key)
+        if slices is None and len(self._buckets) >= self.max_groups:
             return
-        start = t - t % rule.bucket_ms
+        size = rule.bucket_ms
+        start = t - t % size
         done = self._evaluated.get(key)
-        if done is not None and start + rule.bucket_ms <= done:
+        if done is not None and start + size <= done:
             return  # late for windows already evaluated (its raw row is in the lake)
-        buckets = self._buckets.setdefault(key, {}).setdefault(slice_, {})
-        self._touched.setdefault(rule.name, set()).add(key)
+        if slices is None:
+            slices = self._buckets[key] = {}
+        buckets = slices.get(slice_)
+        if buckets is None:
+            buckets = slices[slice_] = {}
+        if start + size <= self._max_event[slice_] - self.grace_ms:
+            # A late record whose window may already be due: the next tick looks at this
+            # group. On-time records need no look until the watermark enters a new window.
+            touched = self._touched.get(rule.name)
+            if touched is None:
+                touched = self._touched[rule.name] = set()
+            touched.add(key)
+        b = buckets.get(start)
         if rule.kind == "rate":
-            b = buckets.setdefault(start, [0, 0])
-            b[0] += 1 if rule.matches(record) else 0
+            if b is None:
+                b = buckets[start] = [0, 0]
+            if rule.matches(record):
+                b[0] += 1
             b[1] += 1
         else:
             value = record.get(rule.field)
             if value is None:
                 return
-            b = buckets.setdefault(start, {"n": 0, "h": {}})
+            if b is None:
+                b = buckets[start] = {"n": 0, "h": {}}
             b["n"] += 1
             k = _bin(float(value))
             b["h"][k] = b["h"].get(k, 0) + 1
@@ -370,13 +387,24 @@ class AlertEngine:
 
     def to_state(self, slice_: str = "") -> dict:
         """JSON state of one input partition: resumes *after* the last batch it saw."""
-        windows = [[rule, group, s, b] for (rule, group), slices in self._buckets.items()
-                   for sl, buckets in slices.items() if sl == slice_ for s, b in buckets.items()]
-        evaluated = [[rule, group, end] for (rule, group), end in self._evaluated.items()
-                     if slice_ in self._buckets.get((rule, group), {})]
-        return {"version": 1, "stream": self._stream_of.get(slice_),
-                "max_event_ms": self._max_event.get(slice_), "windows": windows,
-                "evaluated": evaluated, "lifecycle": self.lifecycle.to_state(slice_)}
+        return self.to_states([slice_])[slice_]
+
+    def to_states(self, slices: Iterable[str]) -> dict[str, dict]:
+        """``to_state`` of several input partitions in one pass over the windows."""
+        wanted = {sl: ([], []) for sl in slices}  # slice -> (windows, evaluated)
+        for (rule, group), by_slice in self._buckets.items():
+            end = self._evaluated.get((rule, group))
+            for sl, buckets in by_slice.items():
+                found = wanted.get(sl)
+                if found is None:
+                    continue
+                found[0].extend([rule, group, s, b] for s, b in buckets.items())
+                if end is not None:
+                    found[1].append([rule, group, end])
+        return {sl: {"version": 1, "stream": self._stream_of.get(sl),
+                     "max_event_ms": self._max_event.get(sl), "windows": windows,
+                     "evaluated": evaluated, "lifecycle": self.lifecycle.to_state(sl)}
+                for sl, (windows, evaluated) in wanted.items()}
 
     def load_state(self, state: dict, slice_: str = "") -> None:
         if state.get("stream"):

@@ -127,10 +127,16 @@ class Rule:
         return max(1000, self.window_ms // 5)
 
     def selects(self, record: dict) -> bool:
-        return all(record.get(k) in allowed for k, allowed in self.where.items())
+        for k, allowed in self.where.items():  # a loop: called per record and rule
+            if record.get(k) not in allowed:
+                return False
+        return True
 
     def matches(self, record: dict) -> bool:
-        return all(record.get(k) in allowed for k, allowed in self.match.items())
+        for k, allowed in self.match.items():
+            if record.get(k) not in allowed:
+                return False
+        return True
 
     def compare(self, observed: Any) -> bool:
         if observed is None:

@@ -543,14 +543,15 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         if not dirty:
             return
         outputs.flush()
-        for stream, partition in dirty:
-            entry = pipeline.windows.get((stream, partition))
-            if entry is None:
-                continue  # released: its last checkpoint was written at revocation
+        # released partitions are left out: their last checkpoint was written at revocation
+        live = [(stream, partition) for stream, partition in dirty
+                if (stream, partition) in pipeline.windows]
+        alert_states = pipeline.alerts.to_states([f"{s}:{p}" for s, p in live])
+        for stream, partition in live:
+            agg, offset = pipeline.windows[(stream, partition)]
             key = f"{stream}:{partition}"
-            _table_put(window_state, partition, key,
-                       {"offset": entry[1], "windows": entry[0].to_state()})
-            _table_put(alert_state, partition, key, pipeline.alerts.to_state(key))
+            _table_put(window_state, partition, key, {"offset": offset, "windows": agg.to_state()})
+            _table_put(alert_state, partition, key, alert_states[key])
         dirty.clear()
 
     def scoring_agent(stream: str):
