@@ -25,6 +25,16 @@ How a sample is scored (all in event time, no look-ahead, one pass, O(1) per sam
    against its own distribution (z amplified by ``evidence_gain``), is max-combined too: an
    anomaly that shows as a run of moderate scores (a day that keeps departing from its weekly
    profile, a new oscillation) adds up to an alarm, where no single sample is rare enough.
+   **Contextual novelty** (a second, structurally different detector, in the spirit of NAB's
+   CAD-OSE): values are quantised (bins fixed once, after ``NOVELTY_FIX_AFTER`` samples: a
+   ``novelty_levels``-th of the range seen so far, at least ``novelty_mae`` of the level's
+   MAE, so a quantised series' jitter shares one bin) and each context (the last three bins)
+   is looked up in a bitmap of the contexts seen before; the EW mean (span
+   ``novelty_window``) of "never seen" is judged against its own distribution like the
+   likelihood and max-combined. A pattern the series never showed (a new oscillation, a blip
+   to a level it never visited, a slow slide into new territory) alarms even where its
+   residuals are not unusual; contexts that recur (periodic resets, a square wave) are soon
+   known and stay quiet.
 4. **Out of range.** A value beyond everything the series has shown (its min/max, widened by
    ``range_tolerance`` of the range and by one MAE) scores 1.
 5. **One alarm per anomaly.** After a score reaches ``anomaly_threshold``, the series' scores
@@ -45,6 +55,7 @@ less, weekly seasonality 1.5 weeks and an interval of 14 hours or less.
 
 from __future__ import annotations
 
+import base64
 import math
 from array import array
 
@@ -65,7 +76,7 @@ SELECT_ALPHA = 0.002
 _TINY = 1e-10
 _LOG_TINY = math.log(_TINY)
 _SQRT2 = math.sqrt(2.0)
-STATE_VERSION = 6
+STATE_VERSION = 7
 # The accumulated evidence judges only after this many of its spans: before, the distribution
 # of its EW mean has seen too little to call anything rare (a young series would alarm).
 EVIDENCE_AFTER = 4
@@ -77,6 +88,22 @@ BIN_ERROR_ALPHA = 0.5
 BIN_ERROR_FLOOR = 0.7
 # The seasonal periods tried: a day and a week.
 PERIODS_MS = (DAY_MS, 7 * DAY_MS)
+# Contextual novelty: the quantisation is fixed after this many samples (the range seen so far
+# must mean something; fixed, so that a context means the same thing all the series' life) ...
+NOVELTY_FIX_AFTER = 100
+# ... and judged after this many more (while the bitmap fills, everything is novel).
+NOVELTY_AFTER = 300
+# The bitmap of seen contexts: 2**14 bits (2 KB a series). One hash bit a context: a full
+# bitmap only makes novelty rarer (a false "seen"), never an alarm.
+NOVELTY_BYTES = 2048
+_NOVELTY_MASK = NOVELTY_BYTES * 8 - 1
+# Bins beyond +-this many from the first are one bin (an int that stays small to hash).
+_NOVELTY_MAX_BIN = 9999
+_NOVELTY_BINS = 2 * _NOVELTY_MAX_BIN + 1
+# The floor of the novelty rate's standard deviation: on a very regular series one novel
+# context (the EW mean jumps by 2 / (novelty_window + 1)) is no alarm, a few close together are
+# (0.06-0.1 score alike on NAB; MIN_STD, 0.03, let single quantisation accidents alarm).
+NOVELTY_MIN_STD = 0.08
 
 
 class _Series:
@@ -88,6 +115,7 @@ class _Series:
         "vmin", "vmax", "silent_reported", "jump", "hold",
         "l_buf", "l_sum", "l_mean", "l_var", "m_ew", "m_mean", "m_var",
         "e_ew", "e_mean", "e_var",
+        "q0", "qw", "qa", "qb", "nq", "seen", "v_ew", "v_mean", "v_var",
     )
     _ARRAYS = ("l_buf",)
 
@@ -125,10 +153,23 @@ class _Series:
         self.e_ew = 0.0
         self.e_mean = 0.0
         self.e_var = 0.0
+        # contextual novelty: the bins (origin, width), the last two bins, samples since the
+        # bins were fixed, the bitmap of seen contexts (None until fixed), and the EW mean of
+        # "novel" with its EW mean / variance
+        self.q0 = 0.0
+        self.qw = 0.0
+        self.qa = 0
+        self.qb = 0
+        self.nq = 0
+        self.seen: bytearray | None = None
+        self.v_ew = 0.0
+        self.v_mean = 0.0
+        self.v_var = 0.0
 
     def to_state(self) -> dict:
         state = {k: getattr(self, k) for k in self.__slots__
-                 if k not in self._ARRAYS and k != "profiles"}
+                 if k not in self._ARRAYS and k not in ("profiles", "seen")}
+        state["seen"] = None if self.seen is None else base64.b64encode(self.seen).decode()
         state["profiles"] = None if self.profiles is None else [
             p.to_state() for p in self.profiles]
         for k in self._ARRAYS:
@@ -140,8 +181,9 @@ class _Series:
     def from_state(cls, state: dict) -> _Series:
         s = cls()
         for k in cls.__slots__:
-            if k not in cls._ARRAYS and k != "profiles":
+            if k not in cls._ARRAYS and k not in ("profiles", "seen"):
                 setattr(s, k, state[k])
+        s.seen = None if state["seen"] is None else bytearray(base64.b64decode(state["seen"]))
         s.profiles = None if state["profiles"] is None else [
             _Profile.from_state(p) for p in state["profiles"]]
         for k in cls._ARRAYS:
@@ -241,6 +283,12 @@ class MetricScorer:
         multiplied by ``evidence_gain`` before the Gaussian tail (an EW mean of a score is far
         from Gaussian: its upper tail is heavy, so the plain tail would never alarm; 1.5 puts
         a run of moderate scores of ~80 samples at the level of one rare sample).
+    novelty_window, novelty_levels, novelty_mae
+        Contextual novelty: the span of the EW mean of "context never seen" (10: a handful of
+        novel contexts close together); the bins, a ``novelty_levels``-th of the range seen in
+        the first ``NOVELTY_FIX_AFTER`` samples, at least ``novelty_mae`` times the level's MAE
+        then (half an error unit: finer bins make every jitter novel, coarser ones make a
+        rare novelty look significant on quiet series; 0.4-0.75 score alike on NAB).
     range_tolerance
         A value beyond the series' historical range by more than this fraction of the range
         (plus one MAE) scores 1.
@@ -261,13 +309,14 @@ class MetricScorer:
         and :meth:`silent_series` drops series silent for longer than ``evict_after_ms``.
     """
 
-    model_version = "metric-likelihood-v6"
+    model_version = "metric-likelihood-v7"
 
     def __init__(self, *, anomaly_threshold: float = 0.9, warmup: int = 300,
                  level_alpha: float = 0.05, season_alpha: float = 0.5,
                  error_alpha: float = 0.02, shift_alpha: float = 0.25,
                  short_window: int = 10, slow_window: int = 20, long_window: int = 2000,
                  evidence_window: int = 80, evidence_gain: float = 1.5,
+                 novelty_window: int = 10, novelty_levels: int = 20, novelty_mae: float = 0.5,
                  range_tolerance: float = 0.05, suppress_samples: int = 200,
                  clip: float = 3.0, rebase_after: int = 12, stuck_after: int = 30,
                  silence_factor: float = 5.0, max_series: int = 50_000,
@@ -284,6 +333,10 @@ class MetricScorer:
         self.evidence_window = evidence_window
         self.evidence_gain = evidence_gain
         self._evidence_alpha = 2.0 / (evidence_window + 1.0)
+        self.novelty_window = novelty_window
+        self._novelty_alpha = 2.0 / (novelty_window + 1.0)
+        self.novelty_levels = novelty_levels
+        self.novelty_mae = novelty_mae
         self.long_window = long_window
         self.range_tolerance = range_tolerance
         self.suppress_samples = suppress_samples
@@ -439,6 +492,39 @@ class MetricScorer:
             score = max(score, _log_likelihood(self.evidence_gain * d / max(estd, MIN_STD)))
         s.e_mean += la * d
         s.e_var = (1.0 - la) * (s.e_var + la * d * d)
+        # ---- contextual novelty: how often the last three bins form a context never seen
+        seen = s.seen
+        if seen is None and n >= NOVELTY_FIX_AFTER:
+            s.q0 = s.vmin
+            s.qw = max((s.vmax - s.vmin) / self.novelty_levels, self.novelty_mae * s.mae,
+                       scale_floor)
+            s.seen = seen = bytearray(NOVELTY_BYTES)
+        if seen is not None:
+            q = int((x - s.q0) // s.qw)
+            if q > _NOVELTY_MAX_BIN:
+                q = _NOVELTY_MAX_BIN
+            elif q < -_NOVELTY_MAX_BIN:
+                q = -_NOVELTY_MAX_BIN
+            # the context as one int, mixed by Fibonacci hashing (the same in every process and
+            # Python version, so a restored bitmap means what it meant)
+            key = ((s.qa + _NOVELTY_MAX_BIN) * _NOVELTY_BINS + s.qb + _NOVELTY_MAX_BIN) \
+                * _NOVELTY_BINS + q + _NOVELTY_MAX_BIN
+            h = ((key * 0x9E3779B97F4A7C15) >> 29) & _NOVELTY_MASK
+            byte, bit = h >> 3, 1 << (h & 7)
+            novel = 0.0 if seen[byte] & bit else 1.0
+            seen[byte] |= bit
+            s.qa, s.qb = s.qb, q
+            s.nq += 1
+            v = s.v_ew + self._novelty_alpha * (novel - s.v_ew)
+            s.v_ew = v
+            d = v - s.v_mean
+            if s.nq > NOVELTY_AFTER:
+                vstd = math.sqrt(s.v_var)
+                nov = _log_likelihood(d / (vstd if vstd > NOVELTY_MIN_STD else NOVELTY_MIN_STD))
+                if nov > score:
+                    score = nov
+            s.v_mean += la * d
+            s.v_var = (1.0 - la) * (s.v_var + la * d * d)
         span = s.vmax - s.vmin
         tol = self.range_tolerance * span + mae
         lower, upper = s.vmin - tol, s.vmax + tol

@@ -244,3 +244,32 @@ def test_a_run_of_moderate_surprises_adds_up_to_an_alarm():
 
     assert christmas(alarms(MetricScorer()))
     assert not christmas(alarms(MetricScorer(evidence_gain=0.0)))
+
+
+def quantised_idle(n: int, seed: int = 4) -> list[float]:
+    # an idle CPU as EC2 reports it: two values at random, a burst to 1.5 every 300 samples
+    rng = random.Random(seed)
+    return [1.5 if i % 300 == 150 else rng.choice((0.066, 0.134)) for i in range(n)]
+
+
+def test_a_blip_to_a_level_never_visited_is_a_novel_context():
+    # 0.6 is inside the range and its residual is smaller than the usual bursts', but the
+    # series never went there: its three contexts are novel, the residuals alone say little
+    values = quantised_idle(2500) + [0.6] + quantised_idle(20, seed=5)
+    scores = [r["score"] for r in run(MetricScorer(), values)]
+    assert max(scores[2500:]) >= 0.75
+    coarse = [r["score"] for r in run(MetricScorer(novelty_levels=1, novelty_mae=1e9), values)]
+    assert max(coarse[2500:]) < 0.5                                  # one bin: nothing novel
+
+
+def test_a_context_that_recurs_stops_being_novel():
+    # the same blip every 200 samples: novel at first, known once its contexts were all seen
+    values = quantised_idle(1500)
+    for i in range(600, 1500, 200):
+        values[i] = 0.6
+    scorer = MetricScorer(suppress_samples=0)
+    scores = [r["score"] for r in run(scorer, values)]
+    assert max(scores[600:605]) >= 0.75
+    assert max(scores[1400:1405]) < 0.5
+    state = scorer.to_state()["series"]["h1/cpu"]
+    assert isinstance(state["seen"], str)                            # the bitmap, as base64
