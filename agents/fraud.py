@@ -289,16 +289,16 @@ class _Scorer:
         return True
 
     def _learn(self, entry: tuple, label: int, known_at: int) -> None:
-        t, score, *v = self._packer.unpack(entry[0])
-        context = entry[1:]
+        blob = entry[0]
+        t, score = _HEAD.unpack_from(blob)
         self.quality.update(score, label)
-        self._learn_context(context, t, label, known_at, score)
+        self._learn_context(entry[1:], t, label, known_at, score)
         self._n_labels += 1
         if label:
             self._n_fraud += 1
         elif self._rng.random() >= self.negative_rate:
             return  # genuine events are learned at negative_rate (corrected at scoring)
-        x = dict(zip(self._names, v))
+        x = dict(zip(self._names, self._packer.unpack(blob)[2:]))
         self._scaler.learn_one(x)
         self._classifier.learn_one(self._scaler.transform_one(x), bool(label))
         self._stale = True

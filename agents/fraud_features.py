@@ -289,20 +289,26 @@ class TransactionFeatures:
             mn[1] *= _exp(-dtm / MERCHANT_TAUS_MS[1])
             mn[2] *= _exp(-dtm / MERCHANT_TAUS_MS[2])
             m.t = t
-        risk = [0.0, 0.0, 0.0]
-        mf1 = mf7 = 0.0
+        risk0 = risk1 = risk2 = mf1 = mf7 = 0.0
         episode = episode_rate = _NO_EPISODE
         ep_rate = 0.0
-        if m.l_f[2] > 0.0:
+        l_f = m.l_f
+        if l_f[2] > 0.0:
             dtl = t - m.l_t
             prior = self.risk_prior
-            for i, tau in enumerate(MERCHANT_TAUS_MS):
-                d = _exp(-dtl / tau) if dtl > 0 else 1.0
-                risk[i] = m.l_f[i] * d / (m.l_n[i] * d + prior)
-                if i == 0:
-                    mf1 = _log1p(m.l_f[0] * d)
-                elif i == 1:
-                    mf7 = _log1p(m.l_f[1] * d)
+            l_n = m.l_n
+            if dtl > 0:  # unrolled over MERCHANT_TAUS_MS
+                d0 = _exp(-dtl / MERCHANT_TAUS_MS[0])
+                d1 = _exp(-dtl / MERCHANT_TAUS_MS[1])
+                d2 = _exp(-dtl / MERCHANT_TAUS_MS[2])
+            else:
+                d0 = d1 = d2 = 1.0
+            f0, f1 = l_f[0] * d0, l_f[1] * d1
+            risk0 = f0 / (l_n[0] * d0 + prior)
+            risk1 = f1 / (l_n[1] * d1 + prior)
+            risk2 = l_f[2] * d2 / (l_n[2] * d2 + prior)
+            mf1 = _log1p(f0)
+            mf7 = _log1p(f1)
             if m.ep_last >= 0 and t - m.ep_last < 2 * EPISODE_GAP_MS:
                 age_d = (t - m.ep_start) / DAY_MS
                 band = bisect_left(EPISODE_BANDS_D, age_d + 1e-9)
@@ -322,7 +328,7 @@ class TransactionFeatures:
             gap_log,
             new_country, new_device, merchants_1h,
             _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
-            risk[0], risk[1], risk[2],
+            risk0, risk1, risk2,
             mf1, mf7, *episode, ep_rate, *episode_rate,
             *_AMOUNT_ONES[bisect_left(AMOUNT_BANDS, la)],
             _log1p(f_now), fraud_recent,
