@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import time
@@ -52,8 +53,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from pipelines.errors import LakeError
@@ -184,6 +187,39 @@ def to_arrow(topic: str, records: list[dict]) -> pa.Table:
                 f"The columns are {', '.join(schema.names)} (schemas/outputs.py).")
     arrays = [_column(table, field, [r.get(field.name) for r in records]) for field in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _json_options(schema: pa.Schema) -> pa_json.ParseOptions:
+    # Timestamps travel as int milliseconds: read them as int64, cast after.
+    read_as = pa.schema([pa.field(f.name, pa.int64() if pa.types.is_timestamp(f.type) else f.type)
+                         for f in schema])
+    return pa_json.ParseOptions(explicit_schema=read_as, unexpected_field_behavior="error")
+
+
+_JSON_OPTIONS = {topic: _json_options(schema) for topic, schema in SCHEMA_OF_TOPIC.items()}
+
+
+def json_to_arrow(topic: str, values: list[bytes]) -> pa.Table | None:
+    """The fast path of :func:`to_arrow`: JSON objects parsed straight into Arrow by
+    pyarrow's C++ reader, without a Python dict per record (~5 us a row against ~20 us,
+    measured on scored transactions).
+
+    Returns None unless the values are exactly rows of the topic's schema (one JSON object
+    each, no unknown key, every type right, no null where one is required): the caller then
+    decodes them one by one and :func:`to_arrow` names the offending row and column.
+    """
+    schema = SCHEMA_OF_TOPIC[topic]
+    try:
+        table = pa_json.read_json(io.BytesIO(b"\n".join(values)),
+                                  parse_options=_JSON_OPTIONS[topic])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != len(values):  # e.g. two objects in one message
+        return None
+    table = table.select(schema.names)
+    if any(not f.nullable and table.column(f.name).null_count for f in schema):
+        return None
+    return table.cast(schema)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -375,9 +411,12 @@ class LakeWriter:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, topic: str, records: list[dict], ranges: Ranges, *,
+    def write(self, topic: str, records: list[dict] | pa.Table, ranges: Ranges, *,
               topic_id: str | None = None) -> list[Path]:
         """Write one flush of ``topic`` and commit it; return its data files.
+
+        ``records``: dicts, or an Arrow table of the topic's schema already built by
+        :func:`json_to_arrow` (not for the JSONL topics, whose files are written from dicts).
 
         ``ranges`` are the offsets the flush covers, ``{partition: (first, last)}``, including
         those of records the caller skipped (not JSON objects): committing them moves the
@@ -403,8 +442,15 @@ class LakeWriter:
             return [self.root / f["path"] for f in manifest["files"]]
 
         # Validate the whole flush before writing anything.
-        by_hour = self._split_by_hour(topic, table, records)
-        arrow = to_arrow(topic, records)
+        if isinstance(records, pa.Table):
+            if topic in JSONL_TOPICS:
+                raise LakeError(f"{table}: JSONL topics are written from records, not a table")
+            arrow = records
+            by_hour = self._split_table_by_hour(topic, arrow)
+        else:
+            by_hour = self._split_by_hour(topic, table, records)
+            arrow = to_arrow(topic, records)
+        n = arrow.num_rows
         columns = arrow.schema.names
         written: list[Path] = []
         files: list[dict] = []
@@ -412,7 +458,7 @@ class LakeWriter:
             for hour_dir, rows in sorted(by_hour.items()):
                 directory = self.root / table / hour_dir
                 directory.mkdir(parents=True, exist_ok=True)
-                part = arrow if len(rows) == len(records) else arrow.take(rows)
+                part = arrow if len(rows) == n else arrow.take(rows)
                 path = directory / f"{name}.parquet"
                 _write_atomic(path, lambda f, t=part: pq.write_table(
                     t, f, compression=self.compression))
@@ -433,7 +479,7 @@ class LakeWriter:
                 "topic_id": topic_id,
                 "table": table,
                 "ranges": {str(p): [first, last] for p, (first, last) in sorted(ranges.items())},
-                "rows": len(records),
+                "rows": n,
                 "files": files,
                 "written_at_ms": time.time_ns() // 1_000_000,
             })
@@ -447,7 +493,7 @@ class LakeWriter:
             if isinstance(exc, OSError):
                 raise LakeError(f"cannot write {table} to the lake at {self.root}: {exc}") from exc
             raise
-        self._counted[table][name] = len(records)
+        self._counted[table][name] = n
         return written
 
     def _split_by_hour(self, topic: str, table: str, records: list[dict]) -> dict[str, list[int]]:
@@ -462,6 +508,12 @@ class LakeWriter:
                                  "expected int milliseconds since the epoch (UTC)")
             by_bucket[at // _HOUR_MS].append(row)
         return {partition_dir(bucket * _HOUR_MS): rows for bucket, rows in by_bucket.items()}
+
+    def _split_table_by_hour(self, topic: str, arrow: pa.Table) -> dict[str, Any]:
+        """``_split_by_hour`` of an Arrow table (its time column is required: no nulls)."""
+        hours = arrow.column(TIME_COLUMN[topic]).cast(pa.int64()).to_numpy() // _HOUR_MS
+        return {partition_dir(int(h) * _HOUR_MS): np.flatnonzero(hours == h)
+                for h in np.unique(hours)}
 
     def _file_entry(self, path: Path, rows: int) -> dict:
         return {"path": path.relative_to(self.root).as_posix(), "rows": rows,

@@ -38,7 +38,10 @@ from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import (
-    Consumer, KafkaException, Message, TopicPartition,
+    Consumer,
+    KafkaException,
+    Message,
+    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Histogram
@@ -46,7 +49,7 @@ from prometheus_client import Counter, Histogram
 from pipelines.kafka import consumer_config, readable, topic_ids
 from pipelines.settings import Settings
 from pipelines.topics import OUTPUT_TOPICS, TABLE_OF_TOPIC
-from sinks.lake import LakeWriter
+from sinks.lake import JSONL_TOPICS, LakeWriter, json_to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ LAKE_COMPACTION_FAILURES = Counter("riskstream_lake_compaction_failures",
 class _PartitionBuffer:
     first: int
     last: int
-    records: list[dict] = field(default_factory=list)
+    records: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -82,7 +85,7 @@ class _TopicBuffer:
     rows: int = 0
     since: float | None = None  # monotonic time of the oldest buffered message
 
-    def add(self, partition: int, offset: int, record: dict | None) -> None:
+    def add(self, partition: int, offset: int, record: bytes | None) -> None:
         buf = self.partitions.get(partition)
         if buf is None:
             buf = self.partitions[partition] = _PartitionBuffer(offset, offset)
@@ -103,8 +106,36 @@ class _TopicBuffer:
     def ranges(self) -> dict[int, tuple[int, int]]:
         return {p: (b.first, b.last) for p, b in self.partitions.items()}
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[bytes]:
         return [r for _, b in sorted(self.partitions.items()) for r in b.records]
+
+
+def _why_bad(raw: bytes | None) -> str:
+    """Why a value is not a JSON object, for the log."""
+    if raw is None:
+        return "an empty value"
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON ({exc}): {raw[:200]!r}"
+    return f"a JSON {type(value).__name__}, not an object"
+
+
+def _decode(topic: str, raws: list[bytes]) -> list[dict]:
+    """The values of a flush as dicts; a value that is not a JSON object is logged, counted
+    and skipped (its offset is committed with the flush: it would fail again)."""
+    out = []
+    for raw in raws:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            out.append(value)
+        else:
+            SINK_BAD_RECORDS.labels(topic).inc()
+            log.error("sink: a %s record skipped, %s", topic, _why_bad(raw))
+    return out
 
 
 class LakeSink:
@@ -191,20 +222,13 @@ class LakeSink:
         if not readable(message, log, "sink"):
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
-        record = None
         raw = message.value()
-        try:
-            value = orjson.loads(raw) if raw is not None else None
-        except orjson.JSONDecodeError as exc:
-            value, why = None, f"not JSON ({exc}): {raw[:200]!r}"
-        else:
-            why = ("an empty value" if raw is None
-                   else f"a JSON {type(value).__name__}, not an object")
-        if isinstance(value, dict):
-            record = value
-        else:
+        # Kept as bytes: a flush parses them all at once (lake.json_to_arrow). What cannot be
+        # a JSON object is skipped here, with its offset; the rest is checked at the flush.
+        record = raw if raw is not None and raw[:1] == b"{" else None
+        if record is None:
             SINK_BAD_RECORDS.labels(topic).inc()
-            log.error("sink: %s[%d]@%d skipped, %s", topic, partition, offset, why)
+            log.error("sink: %s[%d]@%d skipped, %s", topic, partition, offset, _why_bad(raw))
         self.buffers[topic].add(partition, offset, record)
 
     def flush(self, topic: str) -> None:
@@ -215,7 +239,10 @@ class LakeSink:
         table = TABLE_OF_TOPIC[topic]
         started = time.perf_counter()
         ranges = buf.ranges()
-        records = buf.records()
+        raws = buf.records()
+        records = (json_to_arrow(topic, raws) if raws and topic not in JSONL_TOPICS else None)
+        if records is None:  # record by record: bad ones skipped, schema errors named
+            records = _decode(topic, raws)
         self.lake.write(topic, records, ranges, topic_id=self.topic_ids.get(topic))
         self._commit(topic, ranges)
         SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)

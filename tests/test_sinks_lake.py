@@ -15,11 +15,12 @@ from lake_fixtures import HOUR_MS, T0_MS, make_record
 import sinks.lake
 from pipelines.errors import LakeError
 from pipelines.topics import (
-    AGGREGATES, ALERTS, DEAD_LETTER, METRIC_SAMPLES, OUTPUT_TOPICS, SCORED_APPLICATIONS,
+    AGGREGATES, ALERTS, DEAD_LETTER, METRIC_SAMPLES, MODEL_QUALITY, OUTPUT_TOPICS,
+    SCORED_APPLICATIONS,
     SCORED_TRANSACTIONS,
 )
 from schemas.outputs import SCHEMA_OF_TOPIC
-from sinks.lake import LakeWriter, flush_name
+from sinks.lake import LakeWriter, flush_name, json_to_arrow, to_arrow
 
 
 @pytest.fixture
@@ -246,3 +247,37 @@ def test_offsets_of_a_recreated_topic_do_not_count(lake):
     assert lake.recover(ALERTS) == {0: 3}  # without an id: every manifest counts
     ids = read_table(lake, "alerts").column("alert_id").to_pylist()
     assert sorted(ids) == sorted(r["alert_id"] for r in old + new)  # old rows kept
+
+
+@pytest.mark.parametrize("topic", [SCORED_TRANSACTIONS, SCORED_APPLICATIONS, METRIC_SAMPLES,
+                                   AGGREGATES, MODEL_QUALITY])
+def test_the_json_fast_path_builds_the_same_table_as_the_record_path(topic):
+    records = [make_record(topic, n, time_ms=T0_MS + n * 60_000) for n in range(50)]
+    optional = [f.name for f in SCHEMA_OF_TOPIC[topic] if f.nullable]
+    for r in records[::3]:  # missing keys are nulls on both paths
+        r.pop(optional[-1], None)
+    fast = json_to_arrow(topic, [orjson.dumps(r) for r in records])
+    assert fast is not None and fast.equals(to_arrow(topic, records))
+
+
+def test_the_json_fast_path_leaves_anything_off_schema_to_the_record_path():
+    good = make_record(SCORED_TRANSACTIONS, 0)
+    required = next(f.name for f in SCHEMA_OF_TOPIC[SCORED_TRANSACTIONS] if not f.nullable)
+    for bad in ({**good, "amount": "12.50"},       # a wrong type
+                {**good, "surprise": 1},           # an unknown column
+                {**good, required: None}):         # a null where a value is required
+        assert json_to_arrow(SCORED_TRANSACTIONS, [orjson.dumps(good), orjson.dumps(bad)]) is None
+    two_in_one = orjson.dumps(good) + b" " + orjson.dumps(good)
+    assert json_to_arrow(SCORED_TRANSACTIONS, [two_in_one]) is None
+
+
+def test_a_table_from_the_fast_path_is_written_by_hour_like_records(tmp_path):
+    records = [make_record(METRIC_SAMPLES, n, time_ms=T0_MS + n * 20 * 60_000) for n in range(9)]
+    writer = LakeWriter(tmp_path)
+    files = writer.write(METRIC_SAMPLES, json_to_arrow(METRIC_SAMPLES,
+                                                       [orjson.dumps(r) for r in records]),
+                         {0: (0, 8)})
+    assert len(files) == 3  # 3 hours of 20-minute samples
+    back = pa.concat_tables(pq.read_table(f) for f in sorted(files))
+    assert back.column("event_id").to_pylist() == [r["event_id"] for r in records]
+    assert writer.row_count()["metric_samples"] == 9
