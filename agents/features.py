@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -17,16 +18,19 @@ class BoundedDict(OrderedDict, Generic[K, V]):
     Per-card and per-series state must have bounded memory: a worker sees millions of cards.
     """
 
-    def __init__(self, max_keys: int) -> None:
+    def __init__(self, max_keys: int, on_evict: Callable[[K], object] | None = None) -> None:
         super().__init__()
         self.max_keys = max_keys
+        self.on_evict = on_evict  # called with each key forgotten
 
     def __setitem__(self, key: K, value: V) -> None:
         if key in self:
             self.move_to_end(key)
         super().__setitem__(key, value)
         if len(self) > self.max_keys:
-            self.popitem(last=False)
+            old, _ = self.popitem(last=False)
+            if self.on_evict is not None:
+                self.on_evict(old)
 
 
 def log_scale(x: float, top: float) -> float:

@@ -61,44 +61,40 @@ APP_REASON_OF: dict[str, str] = {
 }
 
 
-# A key's numbers, in one array of doubles (indices below): a float object costs 24 bytes,
-# and a key that holds no list or set is one object for the garbage collector to walk, not
-# three (millions of keys: the collector's passes were a third of the scoring time).
+# A key's numbers, in one array of doubles (indices below): the time of its counts, 3 decayed
+# counts (TAUS_MS), the time of its fraud counts, known fraud and labelled events decayed
+# alike (f / l is a fraud rate), the last income (SSN keys). An array is no object for the
+# garbage collector to walk (a key of lists and sets was three: with millions of keys, the
+# collector's passes were a third of the scoring time). The small sets (the names of an
+# SSN, the SSNs of an address) are tuples in ``_seen``, for the keys that have one.
 K_T, K_N, K_F_T, K_F, K_L, K_INCOME = 0, 1, 4, 5, 6, 7  # K_N: 3 decayed counts (TAUS_MS)
 _NEW_KEY = array("d", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
 
 
-class KeyState:
-    """One identity attribute's value: decayed counts and known fraud (``x``: time of the
-    counts, 3 counts, time of the fraud counts, known fraud and labelled events decayed
-    alike so that f / l is a fraud rate, the last income) and a small set (``seen``, a
-    tuple: the names of an SSN, the SSNs of an address)."""
+def _new_key(t: int) -> array:
+    x = array("d", _NEW_KEY)
+    x[K_T] = x[K_F_T] = t
+    return x
 
-    __slots__ = ("seen", "x")
 
-    def __init__(self, t: int) -> None:
-        x = self.x = array("d", _NEW_KEY)
-        x[K_T] = x[K_F_T] = t
-        self.seen: tuple[str, ...] = ()
+def _counts(x: array, t: int) -> tuple[float, float, float]:
+    """A key's counts decayed to ``t`` (state updated)."""
+    dt = t - x[K_T]
+    if dt > 0:
+        x[1] *= _exp(-dt / TAUS_MS[0])
+        x[2] *= _exp(-dt / TAUS_MS[1])
+        x[3] *= _exp(-dt / TAUS_MS[2])
+        x[K_T] = t
+    return x[1], x[2], x[3]
 
-    def counts(self, t: int) -> tuple[float, float, float]:
-        """Counts decayed to ``t`` (state updated)."""
-        x = self.x
-        dt = t - x[K_T]
-        if dt > 0:
-            x[1] *= _exp(-dt / TAUS_MS[0])
-            x[2] *= _exp(-dt / TAUS_MS[1])
-            x[3] *= _exp(-dt / TAUS_MS[2])
-            x[K_T] = t
-        return x[1], x[2], x[3]
 
-    def fraud(self, t: int) -> tuple[float, float]:
-        x = self.x
-        if x[K_L] == 0.0:
-            return 0.0, 0.0
-        f_t = x[K_F_T]
-        d = _exp(-(t - f_t) / FRAUD_TAU_MS) if t > f_t else 1.0
-        return x[K_F] * d, x[K_L] * d
+def _fraud(x: array, t: int) -> tuple[float, float]:
+    """A key's known fraud and labelled events, decayed to ``t``."""
+    if x[K_L] == 0.0:
+        return 0.0, 0.0
+    f_t = x[K_F_T]
+    d = _exp(-(t - f_t) / FRAUD_TAU_MS) if t > f_t else 1.0
+    return x[K_F] * d, x[K_L] * d
 
 
 _INCONSISTENT_INCOME = {"unemployed": 30_000.0, "student": 40_000.0}
@@ -112,19 +108,21 @@ class ApplicationFeatures:
     def __init__(self, *, max_keys: int = 2_000_000, risk_prior: float = 5.0) -> None:
         self.max_keys = max_keys
         self.risk_prior = risk_prior
-        self._keys: BoundedDict[str, KeyState] = BoundedDict(max_keys)
+        self._seen: dict[str, tuple[str, ...]] = {}
+        self._keys: BoundedDict[str, array] = BoundedDict(
+            max_keys, on_evict=lambda key: self._seen.pop(key, None))
         # the identity keys of the event computed last: its label context (``context``)
         self._last_event: dict | None = None
         self._last_context: tuple = ()
 
-    def _key(self, kind: str, value: object, t: int, used: list[str]) -> KeyState | None:
+    def _key(self, kind: str, value: object, t: int, used: list[str]) -> array | None:
         if value is None or value == "":
             return None
         k = f"{kind}:{value}"
         used.append(k)
         state = self._keys.get(k)
         if state is None:
-            state = self._keys[k] = KeyState(t)
+            state = self._keys[k] = _new_key(t)
         else:
             self._keys.move_to_end(k)
         return state
@@ -144,14 +142,14 @@ class ApplicationFeatures:
             if state is None:
                 x += (0.0, 0.0, 0.0)
                 continue
-            n = state.counts(t)
+            n = _counts(state, t)
             x += (_log1p(n[0]), _log1p(n[1]), _log1p(n[2]))
-            known_fraud += state.fraud(t)[0]
+            known_fraud += _fraud(state, t)[0]
         if mail is not None:
-            n = mail.counts(t)
+            n = _counts(mail, t)
             # last hour against the domain's hourly rate over 30 days
             burst = _log1p(n[0]) - _log1p(n[2] / 720.0)
-            f, l_ = mail.fraud(t)
+            f, l_ = _fraud(mail, t)
             email_risk = f / (l_ + self.risk_prior)
         else:
             burst = email_risk = 0.0
@@ -160,22 +158,24 @@ class ApplicationFeatures:
         income = float(event.get("income") or 0.0)
         income_change = 0.0
         if ssn is not None:
-            seen = ssn.seen
+            ssn_key = used[0]
+            seen = self._seen.get(ssn_key, ())
             ssn_names = float(len(seen) + (name is not None and name not in seen)) - 1.0
             if name is not None and name not in seen and len(seen) < MAX_SMALL_SET:
-                ssn.seen = (*seen, name)
-            last_income = ssn.x[K_INCOME]
+                self._seen[ssn_key] = (*seen, name)
+            last_income = ssn[K_INCOME]
             if last_income >= 0.0:
                 income_change = abs(_log1p(income) - _log1p(last_income))
-            ssn.x[K_INCOME] = income
+            ssn[K_INCOME] = income
         address_ssns = 0.0
         ssn_hash = event.get("ssn_hash")
         if addr is not None:
-            seen = addr.seen
+            addr_key = f"addr:{event.get('address_hash')}"
+            seen = self._seen.get(addr_key, ())
             address_ssns = float(len(seen) + (ssn_hash is not None and ssn_hash not in seen))
             address_ssns = max(0.0, address_ssns - 1.0)
             if ssn_hash is not None and ssn_hash not in seen and len(seen) < MAX_SMALL_SET:
-                addr.seen = (*seen, ssn_hash)
+                self._seen[addr_key] = (*seen, ssn_hash)
         requested = float(event["requested_amount"])
         employment = event.get("employment")
         age = event.get("age_years") or 40
@@ -197,7 +197,7 @@ class ApplicationFeatures:
         )
         for state in (ssn, dev, ip, addr, mail):
             if state is not None:
-                n = state.x
+                n = state
                 n[1] += 1.0
                 n[2] += 1.0
                 n[3] += 1.0
@@ -217,7 +217,7 @@ class ApplicationFeatures:
             state = self._keys.get(k)
             if state is None:
                 continue
-            x = state.x
+            x = state
             if known_at > x[K_F_T]:
                 d = _exp(-(known_at - x[K_F_T]) / FRAUD_TAU_MS)
                 x[K_F] *= d
@@ -227,13 +227,14 @@ class ApplicationFeatures:
             if label:
                 x[K_F] += 1.0
 
-    _FIELDS = KeyState.__slots__
+    _FIELDS = ("seen", "x")
 
     def to_state(self) -> dict:
         """JSON-able state of every key, least recently seen first."""
         # copies: the state is serialised on another thread while the scorer goes on
         # (the fields in __slots__ order: seen, x)
-        keys = [[key, [list(st.seen), st.x.tolist()]] for key, st in self._keys.items()]
+        seen = self._seen
+        keys = [[key, [list(seen.get(key, ())), x.tolist()]] for key, x in self._keys.items()]
         return {"key_fields": list(self._FIELDS), "keys": keys}
 
     def load_state(self, state: dict) -> None:
@@ -242,16 +243,17 @@ class ApplicationFeatures:
         Raises
         ------
         ValueError
-            The state holds other fields than this version's ``KeyState``.
+            The state holds other fields than this version's (``seen``, ``x``).
         """
         if tuple(state["key_fields"]) != self._FIELDS:
             raise ValueError("application feature state: its key fields are not this version's;"
                              " discard the snapshot and let the features warm up")
         self._keys.clear()
+        self._seen.clear()
         for key, (seen, x) in state["keys"]:
-            st = KeyState.__new__(KeyState)
-            st.seen, st.x = tuple(seen), array("d", x)
-            self._keys[key] = st
+            self._keys[key] = array("d", x)
+            if seen:
+                self._seen[key] = tuple(seen)
 
     def detector_view(self, v: list[float]) -> dict[str, float]:
         """A few features scaled to [0, 1] for HalfSpaceTrees."""

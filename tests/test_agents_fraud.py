@@ -318,3 +318,15 @@ def test_an_applications_label_context_is_the_keys_its_features_used():
     expected = ("ssn:ssn0", "dev:d0", "addr:addr0", "mail:example.com")
     assert f.context(event) == expected
     assert f.context(dict(event)) == expected  # another event object: built again
+
+
+def test_an_evicted_identity_forgets_its_names():
+    f = ApplicationFeatures(max_keys=6)
+    f.compute(app(0))
+    f.compute(app(1, ssn_hash="ssn0", name_hash="other"))  # ssn0 now has 2 names
+    assert f._seen["ssn:ssn0"] == ("name0", "other")
+    for i in range(2, 4):  # new identities push ssn0 out
+        f.compute(app(i))
+    assert "ssn:ssn0" not in f._keys and "ssn:ssn0" not in f._seen
+    x = dict(zip(f.names, f.compute(app(9, ssn_hash="ssn0", name_hash="third"))))
+    assert x["ssn_names"] == 0.0 and x["ssn_n_30d"] == 0.0  # as a new SSN
