@@ -175,6 +175,11 @@ class _Scorer:
     def n_pending(self) -> int:
         return len(self._pending)
 
+    def pending_time(self, event_id: str) -> int | None:
+        """The event time of a scored event still awaiting its label (None otherwise)."""
+        entry = self._pending.get(event_id)
+        return None if entry is None else _HEAD.unpack_from(entry[0])[0]
+
     def features(self, event: dict) -> dict[str, float]:
         """The event's features (this updates the per-key state: call once per event)."""
         v = self._compute(event)

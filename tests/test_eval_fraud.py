@@ -116,8 +116,7 @@ class SpyScorer(TransactionScorer):
         self.learned_at: list[tuple[int, int]] = []
 
     def learn_label(self, target_event_id, label, known_at_ms=None):
-        event_time = self._pending[target_event_id][0] if target_event_id in self._pending \
-            else None
+        event_time = self.pending_time(target_event_id)
         ok = super().learn_label(target_event_id, label, known_at_ms)
         if ok:
             self.learned_at.append((event_time, known_at_ms))
