@@ -5,7 +5,13 @@ Every window is an exponentially decayed aggregate: a count ``n`` decayed with t
 costs two floats and one ``exp`` per update, whatever the traffic of the key. A card or a
 merchant therefore holds a fixed number of floats, plus small bounded collections (its last
 8 countries and devices, the merchants of its last hour), never a list of its events: about
-1 KB a card.
+0.5 KB a card (its numbers are one array of doubles, ``C_*`` indices).
+
+A merchant's fraud *episode* (known frauds no more than a week apart, in event time) gives
+its age in bands and its rate of *unexplained* fraud: each known fraud counts ``1 - score``
+(the score the event got before its label was known) over the episode's labelled events. A
+compromised terminal shows fraud after fraud that nothing else explained; a stolen card or
+a fraudulent amount that happened to pass by a merchant does not make it suspect.
 
 Merchant (terminal) fraud risk uses only labels already known: the scorer calls
 ``learn_label`` when a label arrives, with the time it became known, and the risk windows
@@ -17,7 +23,7 @@ model); state of a card or merchant not seen for ``max_keys`` newer keys is forg
 
 Snapshots: ``to_state`` / ``load_state`` give the exact state as JSON-able lists (one list of
 slot values per card or merchant, in least-recently-seen order, so eviction resumes as it
-would have), ~0.3 KB of gzipped JSON a card.
+would have).
 """
 
 from __future__ import annotations
