@@ -77,7 +77,7 @@ from agents.snapshot import feature_schema_hash
 
 DETECTOR_FEATURE = "detector_rank"
 # The layout of ``to_state()``: bumped when it changes (the snapshot store refuses others).
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 class FeatureSource(Protocol):
