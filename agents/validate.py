@@ -94,7 +94,8 @@ class Gateway:
         self.dedup = Deduplicator(settings.validation.dedup_ttl_s * 1000)
         self.batch_events = settings.validation.batch_events
         self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
-        self._consumer = Consumer(consumer_config(settings.kafka, bootstrap, group_id))
+        self._consumer = Consumer(consumer_config(settings.kafka, bootstrap, group_id,
+                                                  scoring_path=True))
         # (input topic, partition) -> last input offset already forwarded (from `src` headers)
         self._forwarded: dict[tuple[str, int], int] = {}
         self._delivery_error: KafkaError | None = None

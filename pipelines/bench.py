@@ -217,7 +217,9 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
 
     def consume() -> None:
         while not stop.is_set():
-            for m in consumer.consume(5000, timeout=0.2):
+            # A short timeout: consume() waits for the whole batch or the timeout, and the
+            # arrival time is taken when it returns.
+            for m in consumer.consume(5000, timeout=0.005):
                 if m.error():
                     continue
                 now = time.time() * 1000

@@ -10,8 +10,12 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from pipelines.settings import KafkaSettings
 
 
-def consumer_config(kafka: KafkaSettings, bootstrap: str, group_id: str, **extra: Any) -> dict:
-    """Config of a consumer that commits by hand, after its effects are durable."""
+def consumer_config(kafka: KafkaSettings, bootstrap: str, group_id: str, *,
+                    scoring_path: bool = False, **extra: Any) -> dict:
+    """Config of a consumer that commits by hand, after its effects are durable.
+
+    ``scoring_path``: the consumer is on the way from an input event to its score (short
+    fetch waits, ``fetch_wait_ms``); others wait ``background_fetch_wait_ms``."""
     session_ms = int(kafka.session_timeout_s * 1000)
     return {
         "bootstrap.servers": bootstrap,
@@ -23,7 +27,8 @@ def consumer_config(kafka: KafkaSettings, bootstrap: str, group_id: str, **extra
         "session.timeout.ms": session_ms,
         "heartbeat.interval.ms": max(500, session_ms // 6),
         "partition.assignment.strategy": "range",  # keeps events and their labels together
-        "fetch.wait.max.ms": kafka.fetch_wait_ms,
+        "fetch.wait.max.ms": (kafka.fetch_wait_ms if scoring_path
+                              else kafka.background_fetch_wait_ms),
         **extra,
     }
 

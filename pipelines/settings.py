@@ -26,10 +26,14 @@ class KafkaSettings(BaseSettings):
     # How long a batch read waits to fill: it returns early once `consume_batch` messages are
     # there, so under load batches are full and at low rates latency stays ~this long.
     consume_wait_s: float = Field(0.02, gt=0)
-    # How long a fetch waits on the broker for data. Tansu does not answer a waiting fetch
-    # when data arrives: every hop then costs up to this long (measured: 500 ms -> ~200 ms
-    # per hop, 10 ms -> ~3 ms). Kafka answers at once; a short wait only adds idle fetches.
+    # How long a fetch waits on the broker for data, on the scoring path (gateway, worker).
+    # Tansu does not answer a waiting fetch when data arrives: every hop then costs up to
+    # this long (measured: 500 ms -> ~200 ms per hop, 10 ms -> ~3 ms). Kafka answers at once.
     fetch_wait_ms: int = Field(10, ge=1)
+    # The same for the consumers off the scoring path (sink, loader, dispatcher): every
+    # idle fetch costs the broker CPU (Tansu: ~16 % of a core for the sink at 10 ms), and
+    # their own batching (flush intervals) dwarfs this wait.
+    background_fetch_wait_ms: int = Field(100, ge=1)
     # The worker checkpoints its window and alert state (Faust tables), and the gateway
     # commits its input offsets, at most this often, each after its outputs so far are
     # acknowledged. A worker crash replays at most this much of outputs again (at-least-once;
