@@ -229,7 +229,7 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 10}))  # a batching client
     sim = Simulator(SimConfig(seed=2, rate_eps=rate_eps), load_start_ms)
     n = int(rate_eps * load_s)
     for i, msg in enumerate(sim.messages()):

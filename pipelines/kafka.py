@@ -29,6 +29,8 @@ def consumer_config(kafka: KafkaSettings, bootstrap: str, group_id: str, *,
         "partition.assignment.strategy": "range",  # keeps events and their labels together
         "fetch.wait.max.ms": (kafka.fetch_wait_ms if scoring_path
                               else kafka.background_fetch_wait_ms),
+        "fetch.min.bytes": (kafka.fetch_min_bytes if scoring_path
+                            else kafka.background_fetch_min_bytes),
         **extra,
     }
 

@@ -34,6 +34,12 @@ class KafkaSettings(BaseSettings):
     # idle fetch costs the broker CPU (Tansu: ~16 % of a core for the sink at 10 ms), and
     # their own batching (flush intervals) dwarfs this wait.
     background_fetch_wait_ms: int = Field(100, ge=1)
+    # A fetch returns early once this much data is there. Under load, 1 byte (the clients'
+    # default) answers every fetch at once with a sliver of data: thousands of requests a
+    # second, which saturated Tansu's core before the pipeline's. With these, a consumer asks
+    # at most once per wait unless a good batch is ready.
+    fetch_min_bytes: int = Field(64 * 1024, ge=1)
+    background_fetch_min_bytes: int = Field(1024 * 1024, ge=1)
     # The worker checkpoints its window and alert state (Faust tables), and the gateway
     # commits its input offsets, at most this often, each after its outputs so far are
     # acknowledged. A worker crash replays at most this much of outputs again (at-least-once;
