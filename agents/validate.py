@@ -269,7 +269,10 @@ class Gateway:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()
                    if partitions is None or (t, p) in partitions]
         if offsets:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous: a synchronous commit held the loop for a broker round trip
+            # (hundreds of ms on a busy Tansu). A lost commit only means re-reading input
+            # that the `src` headers then skip.
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         for tp in (self._uncommitted.copy() if partitions is None else partitions):
             self._uncommitted.pop(tp, None)
 
