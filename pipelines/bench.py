@@ -153,7 +153,7 @@ def stage(command: str, env: dict[str, str], log_dir: Path) -> Child:
 
 
 def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
-             load_s: float) -> dict:
+             load_s: float, load_eps: float | None = None) -> dict:
     worker = stage("worker", env, log_dir)
     sink = stage("sink", env, log_dir)
     try:
@@ -182,9 +182,9 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         cpu = {pid: _proc_cpu_s(pid) - c for pid, c in cpu0.items()}
         cpu_per_1000 = sum(cpu.values()) / n * 1000
 
-        # Latency at half load, events timestamped when produced.
-        rate = eps / 2
-        _say(f"  latency at half load: {rate:,.0f} events/s for {load_s:.0f} s")
+        # Latency at half load (or the load asked for), events timestamped when produced.
+        rate = load_eps or eps / 2
+        _say(f"  latency at {rate:,.0f} events/s for {load_s:.0f} s")
         scored_ms, lake_ms = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]))
         rss = {"worker": _proc_peak_rss_mb(worker.process.pid),
                "gateway": sum(_proc_peak_rss_mb(c) for c in _children(worker.process.pid)),
@@ -271,7 +271,8 @@ def state_memory(cards: int, series: int) -> dict:
 
 
 def run_bench(settings: Settings, *, events: int, json_out: Path | None,
-              load_s: float = 15.0, state: tuple[int, int] | None = None) -> dict:
+              load_s: float = 15.0, state: tuple[int, int] | None = None,
+              load_eps: float | None = None) -> dict:
     broker = None
     bootstrap = settings.kafka.bootstrap
     work = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
@@ -297,7 +298,7 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
         result = {"events": events, "bootstrap": "embedded" if broker else "external",
                   "produce_eps": produce_eps, "ceiling_eps": ceiling_eps,
                   "faust_count_eps": faust_eps,
-                  **pipeline(bootstrap, events, env, work, load_s)}
+                  **pipeline(bootstrap, events, env, work, load_s, load_eps)}
         if state:
             _say(f"state memory: {state[0]:,} cards, {state[1]:,} metric series ...")
             result["state_memory"] = state_memory(*state)
@@ -340,10 +341,14 @@ def register(sub) -> None:
     bench.add_argument("--events", type=int, default=200_000)
     bench.add_argument("--load-seconds", type=float, default=15.0,
                        help="duration of the half-load latency phase")
+    bench.add_argument("--load-eps", type=float, default=None,
+                       help="offered load of the latency phase (default: half the pipeline's "
+                            "measured rate)")
     bench.add_argument("--json", dest="json_out", default=None)
     bench.add_argument("--state", default=None, metavar="CARDS,SERIES",
                        help="also measure the RSS of scorers holding this many cards and metric "
                             "series, e.g. 1000000,10000")
     bench.set_defaults(func=lambda args, settings: run_bench(
         settings, events=args.events, json_out=args.json_out, load_s=args.load_seconds,
+        load_eps=args.load_eps,
         state=tuple(int(x) for x in args.state.split(",")) if args.state else None) and 0)
