@@ -273,3 +273,31 @@ def test_a_context_that_recurs_stops_being_novel():
     assert max(scores[1400:1405]) < 0.5
     state = scorer.to_state()["series"]["h1/cpu"]
     assert isinstance(state["seen"], str)                            # the bitmap, as base64
+
+
+GROK_ASG = NYC_TAXI.parents[1] / "realAWSCloudwatch" / "grok_asg_anomaly.csv"
+
+
+@pytest.mark.skipif(not GROK_ASG.is_file(), reason=f"NAB data not found at {GROK_ASG}")
+def test_a_new_oscillation_between_known_values_adds_up_to_novelty():
+    # an autoscaling group's CPU starts to oscillate between values it had shown before: its
+    # novel contexts come a few at a time, too spread out for the short novelty rate; the
+    # slower one adds them up within NAB's window
+    with GROK_ASG.open() as fh:
+        rows = [line.strip().split(",") for line in fh.readlines()[1:]]
+
+    def alarms(scorer: MetricScorer) -> list[str]:
+        out = []
+        for i, (stamp, value) in enumerate(rows):
+            t = int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() * 1000)
+            r = scorer.score_record({"event_id": str(i), "event_time": t, "host": "grok",
+                                     "metric": "cpu", "value": float(value)}, t)
+            if r["score"] >= 0.9:
+                out.append(stamp)
+        return out
+
+    def window(stamps: list[str]) -> list[str]:           # NAB's first window
+        return [s for s in stamps if "2014-01-20 02:05:00" <= s <= "2014-01-20 14:55:00"]
+
+    assert window(alarms(MetricScorer()))
+    assert not window(alarms(MetricScorer(novelty_slow_gain=0.0)))
