@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -32,3 +33,32 @@ def test_a_killed_worker_takes_its_gateway_with_it(tmp_path):
             worker.stop()
             if gateway is not None and alive(gateway):
                 os.kill(gateway, signal.SIGKILL)
+
+
+def test_fausts_consumer_fetches_with_our_wait_and_size(tmp_path, monkeypatch):
+    # Faust fixes its consumer's fetch wait at 1,500 ms; on Tansu every hop would wait that
+    # long. The worker swaps in its own settings through private Faust/aiokafka names, so a
+    # library upgrade that renames them must fail here, not slow the pipeline silently.
+    from pipelines.app import build_app
+    from pipelines.settings import Settings
+
+    monkeypatch.setenv("RISKSTREAM_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("RISKSTREAM_KAFKA_FETCH_WAIT_MS", "17")
+    monkeypatch.setenv("RISKSTREAM_KAFKA_FETCH_MIN_BYTES", "4321")
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, partitions=1)
+        app = build_app(Settings(), broker.bootstrap, run_gateway=False)
+        async def nothing(*_args):
+            pass
+
+        async def worker_consumer():  # aiokafka objects want a running loop
+            faust_consumer = app.transport.create_consumer(
+                callback=nothing, on_partitions_revoked=nothing, on_partitions_assigned=nothing)
+            thread = faust_consumer._new_consumer_thread()
+            return thread._create_worker_consumer(app.transport)
+
+        try:
+            consumer = asyncio.run(worker_consumer())
+        finally:
+            app.riskstream_pipeline.rules_source.close()
+        assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (17, 4321)
