@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,6 +55,28 @@ def children(pid: int, command: str = "") -> list[int]:
 
 
 GATEWAY = "spawn_main"  # how the worker's gateway process shows (multiprocessing spawn)
+
+
+def start_up(run_dir: Path, *, flush_interval_s: float, rate: int = 300
+             ) -> tuple[subprocess.Popen, Path, str]:
+    """``riskstream up --rate RATE`` in ``run_dir`` on the embedded defaults, as a user runs
+    it; returns the process, its output file and the dashboard URL once it is printed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "RISKSTREAM_LAKE_PATH": str(run_dir / "lake"),
+           "RISKSTREAM_STATE_DIR": str(run_dir / "state"), "RISKSTREAM_STATUS_PORT": "0",
+           "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": str(flush_interval_s)}
+    env.pop("RISKSTREAM_KAFKA_BOOTSTRAP", None)
+    out_path = run_dir / "up.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "up", "--rate", str(rate)],
+                                cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = wait_until(lambda: re.search(r"dashboard +(http://\S+/)", out_path.read_text()),
+                         timeout_s=60, what="the dashboard URL").group(1)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, out_path, url
 
 
 class Process:

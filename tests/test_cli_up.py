@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import urllib.request
 
 import pytest
-from processes import GATEWAY, ROOT, alive, children, wait_until
+from processes import GATEWAY, alive, children, start_up, wait_until
 
 from sinks.clickhouse import query_rows
 
@@ -19,18 +15,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-           "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake"),
-           "RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
-           "RISKSTREAM_STATUS_PORT": "0", "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": "2"}
-    env.pop("RISKSTREAM_KAFKA_BOOTSTRAP", None)
-    out_path = tmp_path / "up.out"
-    with open(out_path, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "up", "--rate", "300"],
-                              cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    up, out_path, page = start_up(tmp_path, flush_interval_s=2)
     try:
-        page = wait_until(lambda: re.search(r"dashboard   (http://\S+/)", out_path.read_text()),
-                          timeout_s=60, what="the dashboard URL").group(1)
         assert "lake" in out_path.read_text()
 
         def lake_count() -> int:

@@ -4,20 +4,18 @@ in headless Chromium after events flow (charts with data in the DOM, a screensho
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from processes import start_up, wait_until
 
 from dashboards.live import histograms
-from processes import ROOT, wait_until
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -35,17 +33,8 @@ def test_histograms_turn_cumulative_buckets_into_bins_summed_over_processes():
 def up(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """`riskstream up` at 300 events/s; yields the dashboard URL and the run directory."""
     tmp = tmp_path_factory.mktemp("live")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-           "RISKSTREAM_LAKE_PATH": str(tmp / "lake"), "RISKSTREAM_STATE_DIR": str(tmp / "state"),
-           "RISKSTREAM_STATUS_PORT": "0", "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": "1"}
-    env.pop("RISKSTREAM_KAFKA_BOOTSTRAP", None)
-    out_path = tmp / "up.out"
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "up", "--rate", "300"],
-                                cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, _, url = start_up(tmp, flush_interval_s=1)
     try:
-        url = wait_until(lambda: re.search(r"dashboard +(http://\S+/)", out_path.read_text()),
-                         timeout_s=60, what="the dashboard URL").group(1)
         yield url, tmp
     finally:
         proc.send_signal(signal.SIGINT)
