@@ -254,6 +254,23 @@ def _log_likelihood(z: float) -> float:
     return 0.0 if score < 0.0 else (1.0 if score > 1.0 else score)
 
 
+def _rate_surprise(ew: float, mean: float, var: float, x: float, alpha: float, la: float,
+                   warm: bool, gain: float, min_std: float) -> tuple[float, float, float, float]:
+    """One step of an EW mean of ``x`` judged against that mean's own running distribution.
+
+    Returns the new (EW mean, its mean, its variance) and the likelihood score of the EW
+    mean's deviation times ``gain`` (0 until ``warm``). One shape for the slow surprise, the
+    accumulated evidence and both novelty rates.
+    """
+    ew += alpha * (x - ew)
+    d = ew - mean
+    score = 0.0
+    if warm:
+        std = math.sqrt(var)
+        score = _log_likelihood(gain * d / (std if std > min_std else min_std))
+    return ew, mean + la * d, (1.0 - la) * (var + la * d * d), score
+
+
 class MetricScorer:
     """Score each sample of each series against that series' own behaviour.
 
@@ -492,25 +509,17 @@ class MetricScorer:
         # ---- a slower time scale: the same likelihood of an EW mean of the surprise in use
         # (a denser run of moderate surprises than the short window shows)
         r2 = (u if u < RAW_CAP else RAW_CAP) / RAW_CAP
-        m = s.m_ew + self._slow_alpha * (r2 - s.m_ew)
-        s.m_ew = m
-        d = m - s.m_mean
-        if n > self.slow_window:
-            mstd = math.sqrt(s.m_var)
-            slow = _log_likelihood(d / (mstd if mstd > MIN_STD else MIN_STD))
-            if slow > score:
-                score = slow
-        s.m_mean += la * d
-        s.m_var = (1.0 - la) * (s.m_var + la * d * d)
+        s.m_ew, s.m_mean, s.m_var, slow = _rate_surprise(
+            s.m_ew, s.m_mean, s.m_var, r2, self._slow_alpha, la, n > self.slow_window, 1.0,
+            MIN_STD)
+        if slow > score:
+            score = slow
         # ---- accumulated evidence: a run of moderate scores, rare for this series
-        ev = s.e_ew + self._evidence_alpha * (score - s.e_ew)
-        s.e_ew = ev
-        d = ev - s.e_mean
-        if n > EVIDENCE_AFTER * self.evidence_window:
-            estd = math.sqrt(s.e_var)
-            score = max(score, _log_likelihood(self.evidence_gain * d / max(estd, MIN_STD)))
-        s.e_mean += la * d
-        s.e_var = (1.0 - la) * (s.e_var + la * d * d)
+        s.e_ew, s.e_mean, s.e_var, evidence = _rate_surprise(
+            s.e_ew, s.e_mean, s.e_var, score, self._evidence_alpha, la,
+            n > EVIDENCE_AFTER * self.evidence_window, self.evidence_gain, MIN_STD)
+        if evidence > score:
+            score = evidence
         # ---- contextual novelty: how often the last three bins form a context never seen
         seen = s.seen
         if seen is None and n >= NOVELTY_FIX_AFTER:
@@ -534,29 +543,19 @@ class MetricScorer:
             seen[byte] |= bit
             s.qa, s.qb = s.qb, q
             s.nq += 1
-            v = s.v_ew + self._novelty_alpha * (novel - s.v_ew)
-            s.v_ew = v
-            d = v - s.v_mean
-            if s.nq > NOVELTY_AFTER:
-                vstd = math.sqrt(s.v_var)
-                nov = _log_likelihood(d / (vstd if vstd > NOVELTY_MIN_STD else NOVELTY_MIN_STD))
-                if nov > score:
-                    score = nov
-            s.v_mean += la * d
-            s.v_var = (1.0 - la) * (s.v_var + la * d * d)
+            warm = s.nq > NOVELTY_AFTER
+            s.v_ew, s.v_mean, s.v_var, nov = _rate_surprise(
+                s.v_ew, s.v_mean, s.v_var, novel, self._novelty_alpha, la, warm, 1.0,
+                NOVELTY_MIN_STD)
             # the slower novelty rate: a new regime (a new oscillation, a new shape) whose novel
             # contexts come a few at a time, too spread out for the short span
-            w = s.w_ew + self._novelty_slow_alpha * (novel - s.w_ew)
-            s.w_ew = w
-            d = w - s.w_mean
-            if s.nq > NOVELTY_AFTER:
-                wstd = math.sqrt(s.w_var)
-                nov = _log_likelihood(self.novelty_slow_gain * d / (
-                    wstd if wstd > NOVELTY_SLOW_MIN_STD else NOVELTY_SLOW_MIN_STD))
-                if nov > score:
-                    score = nov
-            s.w_mean += la * d
-            s.w_var = (1.0 - la) * (s.w_var + la * d * d)
+            s.w_ew, s.w_mean, s.w_var, slow_nov = _rate_surprise(
+                s.w_ew, s.w_mean, s.w_var, novel, self._novelty_slow_alpha, la, warm,
+                self.novelty_slow_gain, NOVELTY_SLOW_MIN_STD)
+            if nov > score:
+                score = nov
+            if slow_nov > score:
+                score = slow_nov
         span = s.vmax - s.vmin
         tol = self.range_tolerance * span + mae
         lower, upper = s.vmin - tol, s.vmax + tol
