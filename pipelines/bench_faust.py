@@ -7,7 +7,9 @@ events/s from its first to its N-th message; the caller then stops it.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 
 import faust
@@ -17,8 +19,10 @@ from pipelines.topics import INPUT_TOPICS
 
 
 def main(bootstrap: str, expected: int) -> None:
+    # Faust writes a data directory even with an in-memory store: keep it out of the cwd.
+    datadir = tempfile.mkdtemp(prefix="riskstream-bench-count-")
     app = faust.App(f"bench-count-{int(time.time())}", broker=f"kafka://{bootstrap}",
-                    store="memory://", value_serializer="raw", key_serializer="raw",
+                    store="memory://", datadir=datadir, value_serializer="raw", key_serializer="raw",
                     broker_session_timeout=8, consumer_auto_offset_reset="earliest",
                     topic_allow_declare=False, web_enabled=False)
     topics = app.topic(*INPUT_TOPICS, value_serializer="raw", key_serializer="raw")
@@ -45,7 +49,10 @@ def main(bootstrap: str, expected: int) -> None:
                                     "eps": expected / elapsed}).decode(), flush=True)
 
     sys.argv = ["bench-count", "worker", "--without-web", "-l", "warn"]
-    app.main()
+    try:
+        app.main()
+    finally:
+        shutil.rmtree(datadir, ignore_errors=True)
 
 
 if __name__ == "__main__":
