@@ -200,3 +200,55 @@ def test_quantile_of_a_log_histogram_is_within_two_percent():
     for v in range(1, 1001):
         hist[_bin(float(v))] = hist.get(_bin(float(v)), 0) + 1
     assert abs(quantile_of(hist, 0.95) - 950) / 950 < 0.02
+
+
+def test_the_three_example_rules_of_the_shipped_file_fire_at_their_thresholds_and_counts():
+    """pipelines/rules.yaml as shipped: payment failure rate > 5% with >= 10 payments in 5 min
+    (per merchant), error rate > 1% with >= 100, p95 latency > 500 ms with >= 100 samples."""
+    from agents.rules import DEFAULT_RULES_PATH, load_rules
+
+    shipped = load_rules(DEFAULT_RULES_PATH, params={"score_threshold": 0.9,
+                                                     "anomaly_threshold": 0.9})
+    t = T0 - T0 % (5 * MIN)  # every record in the first minute of one 5 min window
+
+    def fired(stream: str, records: list[dict], entity) -> list[str]:
+        e = AlertEngine(shipped, grace_ms=0)
+        out = []
+        for r in records:
+            out += e.observe(stream, r, entity(r), 0)
+        # one record 7 minutes later moves the watermark past every window holding the others
+        late = records[0] | {"event_id": "later", "event_time": t + 7 * MIN, "merchant_id": "zz",
+                             "service": "zz", "status": "approved", "value": 1.0}
+        e.observe(stream, late, entity(late), 0)
+        out += e.tick(stream, 0)
+        return sorted(a["rule"] for a in out if a["status"] == "firing")
+
+    def payments(merchant: str, n: int, status: str, bad: int) -> list[dict]:
+        return [txn(i, t=t + i * 100, merchant=merchant, card=f"c{i}",
+                    status=status if i < bad else "approved") for i in range(n)]
+
+    card = lambda r: r["card_id"]  # noqa: E731
+    # failure rate, per merchant: 3 of 9 declined is under the minimum count; 1 of 20 is 5%,
+    # not more; 1 of 10 is 10% with 10 payments: fires
+    assert fired("transactions", payments("m1", 9, "declined", 3), card) == []
+    assert fired("transactions", payments("m1", 20, "declined", 1), card) == []
+    assert fired("transactions", payments("m1", 10, "declined", 1), card) == ["payment_failure_rate"]
+    # error rate over all payments: 2 failed of 99 is under the minimum count, 2 of 100 fires,
+    # 1 of 100 is 1%, not more; spread over 50 merchants, so no merchant's own failure rate
+    # counts 10 payments
+    spread = lambda n, bad: [r | {"merchant_id": f"m{i % 50}"}  # noqa: E731
+                             for i, r in enumerate(payments("m", n, "failed", bad))]
+    assert fired("transactions", spread(99, 2), card) == []
+    assert fired("transactions", spread(100, 2), card) == ["payment_error_rate"]
+    assert fired("transactions", spread(100, 1), card) == []
+
+    # p95 latency per service: 99 samples over 500 ms are too few; 100 samples over fire;
+    # 100 samples at 450 ms do not
+    def latency(n: int, ms: float) -> list[dict]:
+        return [sample(i, score=0.1, host=f"web-{i % 4}", metric="latency_p95_ms", value=ms,
+                       t=t + i * 100) for i in range(n)]
+
+    series = lambda r: f"{r['host']}/{r['metric']}"  # noqa: E731
+    assert fired("system-metrics", latency(99, 900), series) == []
+    assert fired("system-metrics", latency(100, 900), series) == ["service_latency_p95"]
+    assert fired("system-metrics", latency(100, 450), series) == []
