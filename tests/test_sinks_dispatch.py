@@ -124,6 +124,48 @@ def test_a_channel_failing_three_times_then_succeeding_delivers_exactly_once(bro
         receiver.close()
 
 
+class RecordingStop(threading.Event):
+    """A stop event that records how long the dispatcher waits between attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return super().wait(0)
+
+
+def test_retries_back_off_exponentially_with_full_jitter_then_dead_letter(broker, tmp_path,
+                                                                          monkeypatch):
+    import random
+
+    draws: list[tuple[float, float, float]] = []
+    uniform = random.uniform
+
+    def recorded(a: float, b: float) -> float:
+        draws.append((a, b, value := uniform(a, b)))
+        return value
+
+    monkeypatch.setattr(random, "uniform", recorded)
+    receiver = Receiver(lambda n: 503)  # down for good
+    try:
+        d = Dispatcher(settings(backoff_s=0.01, max_backoff_s=0.05, max_attempts=5),
+                       broker.bootstrap, channels=[WebhookChannel(receiver.url)], rules=RuleSet(),
+                       silences=SilenceStore(tmp_path / "silences.json"))
+        stop = RecordingStop()
+        assert d.deliver(make_alert(alert_id="down-1"), stop)
+        assert len(receiver.attempts) == 5 and receiver.accepted == []
+        # a wait between attempts: drawn from [0, cap], the cap doubling up to max_backoff_s
+        assert [(a, b) for a, b, _ in draws] == [(0, 0.01), (0, 0.02), (0, 0.04), (0, 0.05)]
+        assert stop.waits == [v for _, _, v in draws]
+        assert all(0 <= v <= b for _, b, v in draws) and any(v < b for _, b, v in draws)
+        dead = records(broker.bootstrap, "dead-letter", lambda r: r["key"] == "down-1", 1)
+        assert "HTTP 503 after 5 attempt(s)" in dead[0]["reason"]
+    finally:
+        receiver.close()
+
+
 def test_an_error_retries_cannot_fix_goes_to_dead_letter_at_once(broker, tmp_path):
     receiver = Receiver(lambda n: 400)
     try:
@@ -150,10 +192,15 @@ def test_silenced_alerts_are_recorded_not_sent(broker, tmp_path):
         assert receiver.attempts == []
         rec = records(broker.bootstrap, "alert-deliveries", lambda r: r["alert_id"] == "quiet-1", 1)
         assert rec[0]["outcome"] == "silenced" and silence.silence_id in rec[0]["error"]
-        # expired: the next alert goes out
+        # past its end the silence expires by itself: a dispatcher at that time sends
+        later = dispatcher(broker, tmp_path, [WebhookChannel(receiver.url)],
+                           now_ms=lambda: silence.ends_at)
+        later.deliver(make_alert(alert_id="after-1"), threading.Event())
+        assert receiver.accepted == ["after-1"]
+        # expired early by the operator: the next alert goes out now
         assert store.expire(silence.silence_id)
         d.deliver(make_alert(alert_id="loud-1"), threading.Event())
-        assert receiver.accepted == ["loud-1"]
+        assert receiver.accepted == ["after-1", "loud-1"]
     finally:
         receiver.close()
 
