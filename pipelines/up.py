@@ -30,6 +30,7 @@ from dashboards.live import LiveDashboard, stream_lag
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.settings import Settings
 from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS, VALIDATED
+from schemas.pii import PiiHasher
 
 VALIDATED_TOPICS = tuple(VALIDATED.values())
 
@@ -226,6 +227,9 @@ def serve_status(status: Status, host: str, port: int,
 def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, workers: int = 1,
            seed: int = 7) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Without RISKSTREAM_PII_HMAC_KEY this logs the development-key warning here too, on the
+    # user's console: the workers that hash say it only in their log files.
+    PiiHasher(settings.pii)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

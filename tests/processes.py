@@ -56,20 +56,31 @@ def children(pid: int, command: str = "") -> list[int]:
 
 GATEWAY = "spawn_main"  # how the worker's gateway process shows (multiprocessing spawn)
 
+# One status line of `riskstream up`, every field the user is promised: events in per stream,
+# rejected, duplicates, scored, alerts, lake rows, consumer lag per stage (-1: not known yet).
+STATUS_LINE = re.compile(
+    r"\[ *\d+s\] in: transactions=\d+ applications=\d+ system-metrics=\d+ labels=\d+ \| "
+    r"rejected=\d+ dup=\d+ scored=\d+ alerts=\d+ lake_rows=\d+ "
+    r"lag: gateway=-?\d+ worker=-?\d+ sink=-?\d+$", re.MULTILINE)
 
-def start_up(run_dir: Path, *, flush_interval_s: float, rate: int = 300
+
+def start_up(run_dir: Path, *, flush_interval_s: float, rate: int = 300,
+             args: tuple[str, ...] = (), env: dict[str, str] | None = None
              ) -> tuple[subprocess.Popen, Path, str]:
-    """``riskstream up --rate RATE`` in ``run_dir`` on the embedded defaults, as a user runs
-    it; returns the process, its output file and the dashboard URL once it is printed."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-           "RISKSTREAM_LAKE_PATH": str(run_dir / "lake"),
-           "RISKSTREAM_STATE_DIR": str(run_dir / "state"), "RISKSTREAM_STATUS_PORT": "0",
-           "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": str(flush_interval_s)}
-    env.pop("RISKSTREAM_KAFKA_BOOTSTRAP", None)
+    """``riskstream up --rate RATE ARGS`` in ``run_dir`` on the embedded defaults (unless
+    ``env`` says otherwise), as a user runs it; returns the process, its output file and the
+    dashboard URL once it is printed."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+                "RISKSTREAM_LAKE_PATH": str(run_dir / "lake"),
+                "RISKSTREAM_STATE_DIR": str(run_dir / "state"), "RISKSTREAM_STATUS_PORT": "0",
+                "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": str(flush_interval_s)}
+    full_env.pop("RISKSTREAM_KAFKA_BOOTSTRAP", None)
+    full_env.update(env or {})
     out_path = run_dir / "up.out"
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "up", "--rate", str(rate)],
-                                cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "up", "--rate", str(rate), *args],
+            cwd=run_dir, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = wait_until(lambda: re.search(r"dashboard +(http://\S+/)", out_path.read_text()),
                          timeout_s=60, what="the dashboard URL").group(1)
