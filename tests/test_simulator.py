@@ -227,6 +227,18 @@ def test_shares_are_roughly_as_configured(stream):
     assert 0.005 < labels / len(slots) < 0.05  # labels come on top of the slots
 
 
+@pytest.mark.parametrize(("malformed", "duplicates"), [(0.0, 0.0), (0.1, 0.05)])
+def test_malformed_and_duplicate_shares_are_configurable(malformed, duplicates):
+    config = SimConfig(malformed_share=malformed, duplicate_share=duplicates)
+    slots = [m for m in take(10_000, config) if m.kind != "label"]
+    by_kind = Counter(m.kind for m in slots)
+    for kind, share in (("malformed", malformed), ("duplicate", duplicates)):
+        if share == 0:
+            assert by_kind[kind] == 0
+        else:
+            assert by_kind[kind] / len(slots) == pytest.approx(share, abs=0.01)
+
+
 def test_keys_are_the_contract_keys(stream):
     for m in stream:
         if m.kind not in ("valid", "label"):
