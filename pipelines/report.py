@@ -838,7 +838,7 @@ def heatmap(chart_id: str, title: str, rows: list[str], cols: list[str],
             parts.append(f'<rect x="{left + c * cell_w}" y="{y}" width="{cell_w - 2}" '
                          f'height="{cell_h - 2}" fill="#c8413b" fill-opacity="{alpha:.2f}" '
                          f'stroke="#e3e6ea"/><text x="{left + c * cell_w + cell_w / 2 - 1}" '
-                         f'y="{y + 16}" text-anchor="middle" class="tick" fill="{ink}">'
+                         f'y="{y + 16}" text-anchor="middle" class="tick" style="fill:{ink}">'
                          f'{_fmt(v) if v else "·"}</text>')
     parts.append(f'<text x="{left}" y="{height - 10}" class="axis">cells: {_esc(unit)}; '
                  f'rows: host, columns: metric</text>')
@@ -873,7 +873,9 @@ CHARTS = [
     Chart("metrics_volume", "Metric samples per step, with forecast",
           _series_points("system-metrics", "n")),
     Chart("decline_rate", "Decline rate (the model's fraud rate) per step",
-          _series_points("transactions", "n")),
+          lambda d: sum(1 for a, b in zip(d["streams"]["transactions"]["series"]["decline"],
+                                          d["streams"]["transactions"]["series"]["review"],
+                                          strict=True) if a or b)),
     Chart("transaction_decisions", "Transaction decisions per step",
           _series_points("transactions", "n")),
     Chart("transaction_scores", "Transaction score distribution",
@@ -918,8 +920,9 @@ def render_charts(data: dict) -> dict[str, str]:
 
     volume("transactions_volume", "transactions", "n", "Transactions, with forecast",
            f"transactions per {step}", PALETTE[0])
-    volume("transactions_amount", "transactions", "amount", "Transaction amount, with forecast",
-           f"amount per {step} (merchant currency)", PALETTE[2])
+    volume("transactions_amount", "transactions", "amount",
+           "Transaction amount (merchant currencies, not converted), with forecast",
+           f"amount per {step}", PALETTE[2])
     volume("applications_volume", "applications", "n", "Applications, with forecast",
            f"applications per {step}", PALETTE[3])
     volume("applications_amount", "applications", "amount",
