@@ -1,8 +1,8 @@
 """``riskstream alerts ...``: test a channel, list alerts, silence them, check and publish rules.
 
 - ``alerts test --channel NAME`` sends a test alert through one configured channel;
-- ``alerts list`` shows firing incidents and recent alerts (from the lake's ``alerts`` table)
-  and the silences in force (from the silences file);
+- ``alerts list`` shows firing incidents and recent alerts (from the lake's ``alerts`` table),
+  the silences in force (from the silences file) and which firing incidents they mute;
 - ``alerts silence --matcher rule=X --matcher entity=~web-.* --duration 2h --comment ...``
   mutes matching alerts at the dispatcher until the silence expires; ``alerts expire ID``
   ends one early;
@@ -105,16 +105,17 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from agents.rules import parse_duration_ms
     from sinks.clickhouse import query_rows
     from sinks.dispatch import silences_path
-    from sinks.silences import SilenceStore
+    from sinks.silences import SilenceStore, alert_labels
 
     lake = Path(args.lake) if args.lake else settings.lake.path
     seconds = parse_duration_ms(args.since) // 1000
     incidents = query_rows(lake, f"""
         SELECT incident, argMax(status, created_at) AS state, any(rule) AS rule,
-               any(severity) AS severity, any(entity) AS entity,
-               min(created_at) AS since, argMin(summary, created_at) AS summary
+               any(severity) AS severity, any(entity) AS entity, any(stream) AS stream,
+               min(created_at) AS since, argMin(summary, created_at) AS summary,
+               argMin(labels, created_at) AS labels
         FROM (SELECT coalesce(incident_id, alert_id) AS incident, coalesce(status, 'firing') AS status,
-                     rule, severity, entity, created_at, summary FROM alerts)
+                     rule, severity, entity, stream, created_at, summary, labels FROM alerts)
         GROUP BY incident HAVING state = 'firing' ORDER BY since DESC LIMIT {int(args.limit)}""")
     recent = query_rows(lake, f"""
         SELECT created_at, coalesce(status, 'firing') AS status, rule, severity, entity, alert_id, summary
@@ -122,14 +123,20 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         ORDER BY created_at DESC LIMIT {int(args.limit)}""")
     now = int(time.time() * 1000)
     silences = [s for s in SilenceStore(silences_path(settings)).all() if s.ends_at > now]
+    for r in incidents:  # muted now: the silence the dispatcher would apply to it
+        seen = alert_labels({**r, "status": "firing", "alert_id": r["incident"],
+                             "incident_id": r["incident"]})
+        r["silenced_by"] = next((s.silence_id for s in silences if s.matches(seen, now)), None)
     if args.json:
         print(json.dumps({"firing": incidents, "recent": recent,
+                          "silenced": [r for r in incidents if r["silenced_by"]],
                           "silences": [s.to_json() for s in silences]}, default=str))
         return 0
     print(f"FIRING ({len(incidents)})")
     for r in incidents:
+        muted = f"  silenced by {r['silenced_by']}" if r["silenced_by"] else ""
         print(f"  {r['since']:%Y-%m-%d %H:%M:%S}  {r['severity']:<8} {r['rule']:<24} "
-              f"{r['entity'] or '':<24} {r['incident']}")
+              f"{r['entity'] or '':<24} {r['incident']}{muted}")
     print(f"SILENCES ({len(silences)})")
     for s in silences:
         matchers = " ".join(f"{n}{op}{v}" for n, op, v in s.matchers)

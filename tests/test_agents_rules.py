@@ -172,3 +172,45 @@ def test_alerts_cli_silence_list_expire_and_test_a_channel(tmp_path):
         assert _cli("test", "--channel", "slack", env=env).returncode == 2  # not configured
     finally:
         receiver.close()
+
+
+def test_alerts_list_shows_firing_silenced_and_recent_alerts_from_the_lake(tmp_path):
+    from lake_fixtures import make_record
+    from sinks.lake import LakeWriter
+
+    now = int(time.time() * 1000)
+    labels = lambda rule, **kw: json.dumps({"rule": rule, **kw})  # noqa: E731
+    rows = [  # as the worker publishes them: a firing record per incident, then its resolution
+        make_record("alerts", 1, time_ms=now - 600_000, alert_id="anom-1", incident_id="anom-1",
+                    rule="metric_anomaly", severity="critical", stream="system-metrics",
+                    entity="web-1/cpu", status="firing", labels=labels("metric_anomaly", team="sre")),
+        make_record("alerts", 2, time_ms=now - 900_000, alert_id="fail-1", incident_id="fail-1",
+                    rule="payment_failure_rate", entity="merch-7", status="firing",
+                    labels=labels("payment_failure_rate", team="payments")),
+        make_record("alerts", 3, time_ms=now - 300_000, alert_id="fail-1r", incident_id="fail-1",
+                    rule="payment_failure_rate", entity="merch-7", status="resolved",
+                    labels=labels("payment_failure_rate", team="payments")),
+        make_record("alerts", 4, time_ms=now - 2 * 86_400_000, alert_id="old-1",
+                    incident_id="old-1", rule="transaction_score_high", entity="card-9",
+                    status="firing", labels=labels("transaction_score_high", team="fraud")),
+    ]
+    with LakeWriter(tmp_path / "lake") as lake:
+        lake.recover("alerts")
+        lake.write("alerts", rows, {0: (0, len(rows) - 1)})
+    env = {"RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
+           "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake")}
+    out = _cli("silence", "--matcher", "team=sre", "--duration", "1h", "--comment", "db failover",
+               env=env)
+    assert out.returncode == 0, out.stderr
+    silence_id = out.stdout.split()[1]
+    listed = json.loads(_cli("list", "--json", env=env).stdout)
+    # firing: the incidents without a resolution, newest first, the older than 24 h included
+    assert [r["incident"] for r in listed["firing"]] == ["anom-1", "old-1"]
+    # silenced: the firing incident a silence mutes (matched on its labels, as the dispatcher)
+    assert [(r["incident"], r["silenced_by"]) for r in listed["silenced"]] == [("anom-1", silence_id)]
+    # recent: every record of the last 24 h, the resolution too
+    assert [(r["alert_id"], r["status"]) for r in listed["recent"]] == [
+        ("fail-1r", "resolved"), ("anom-1", "firing"), ("fail-1", "firing")]
+    text = _cli("list", env=env).stdout
+    assert "FIRING (2)" in text and f"anom-1  silenced by {silence_id}" in text
+    assert "SILENCES (1)" in text and "RECENT (3, last 24h)" in text
