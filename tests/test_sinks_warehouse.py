@@ -4,6 +4,7 @@ deduplicated inserts and the rollups; and what the server target sends (no serve
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -82,6 +83,30 @@ def test_every_table_has_a_ttl_and_a_dedup_window(target):
     assert "toIntervalDay(730)" in engines["transactions_hourly"]
     for table in SCHEMA_OF_TABLE:
         assert "MergeTree" in engines[table]
+
+
+# Codes: few distinct values, filtered and grouped on; LowCardinality stores them as dictionaries.
+CODES = {"decision", "channel", "country", "currency", "mcc", "status", "product", "employment",
+         "email_domain", "host", "service", "metric", "reason", "rule", "severity", "stream",
+         "outcome", "role", "model_version", "kind", "source_topic"}
+FREE_TEXT = {("dead_letter", "reason")}  # a validation message, not a code
+
+
+def test_tables_partition_by_day_or_month_and_codes_are_low_cardinality(target):
+    tables = {r["name"]: r for r in target.query(
+        "SELECT name, partition_key, sorting_key FROM system.tables "
+        "WHERE database = currentDatabase()")}
+    for table, (_, column) in RETENTION.items():
+        assert tables[table]["partition_key"] in (f"toYYYYMMDD({column})",
+                                                  f"toYYYYMM({column})"), table
+        assert tables[table]["sorting_key"], table
+    columns = target.query("SELECT table, name, type FROM system.columns "
+                           "WHERE database = currentDatabase()")
+    for c in columns:
+        if (c["table"] in SCHEMA_OF_TABLE and c["name"] in CODES
+                and (c["table"], c["name"]) not in FREE_TEXT):
+            assert c["type"].startswith(("LowCardinality", "Array(LowCardinality")), c
+    assert sum(c["name"] in CODES and c["table"] in SCHEMA_OF_TABLE for c in columns) > 30
 
 
 def test_changed_retention_settings_change_the_ttl_once(target):
@@ -235,3 +260,52 @@ def test_the_server_target_sends_arrow_with_the_dedup_token(receiver):
 
 def test_tables_are_the_output_tables():
     assert set(SCHEMA_OF_TABLE) == set(TABLE_OF_TOPIC.values())
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def test_riskstream_warehouse_migrate_and_status_on_chdb(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.delenv("RISKSTREAM_CLICKHOUSE_URL", raising=False)
+    monkeypatch.setenv("RISKSTREAM_CLICKHOUSE_PATH", str(tmp_path / "wh"))
+    assert main(["warehouse", "migrate"]) == 0
+    names = [m.name for m in load_migrations()]
+    assert capsys.readouterr().out.strip() == "applied: " + ", ".join(names)
+    assert main(["warehouse", "migrate"]) == 0
+    assert "nothing (up to date)" in capsys.readouterr().out
+    assert main(["warehouse", "status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["migrations"] == names
+    assert set(RETENTION) <= set(status["rows"])
+
+
+def test_riskstream_warehouse_migrate_clickhouse_url_names_the_server_not_its_password(
+        monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.delenv("RISKSTREAM_CLICKHOUSE_URL", raising=False)
+    # a port nothing listens on: the command goes to the server, and says which, clearly
+    assert main(["warehouse", "migrate", "--clickhouse", "http://ana:s3cret@127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "ClickHouse at http://ana:***@127.0.0.1:9" in err and "s3cret" not in err
+
+
+def test_riskstream_sql_clickhouse_url_queries_the_server_with_final(receiver, capsys):
+    from pipelines.cli import main
+
+    sql = "SELECT decision, count() FROM scored_transactions GROUP BY decision"
+    code = main(["sql", "--clickhouse", receiver, "--format", "csv", sql])
+    out, err = capsys.readouterr()
+    if code == 2 and "ClickHouse at" in err:
+        pytest.skip(f"clickhouse-connect wants more of a server than the receiver fakes: {err}")
+    assert code == 0, err
+    from urllib.parse import parse_qs, urlparse
+    sent = [(parse_qs(urlparse(path).query), body) for _, path, body in _Recorder.requests]
+    query = [(params, body) for params, body in sent
+             if sql in params.get("query", [""])[0] + body.decode(errors="replace")]
+    assert query, _Recorder.requests
+    params, body = query[-1]
+    assert params["final"] == ["1"] and params["database"] == ["riskstream"]
+    assert "CSVWithNames" in params.get("query", [""])[0] + body.decode(errors="replace")
+    assert out == "24.8.1.1\tUTC\n"  # the server's answer, printed as it came
