@@ -182,6 +182,17 @@ def test_alerts_reach_the_webhook_and_the_lake(run):
         what="alerts in the lake")
     assert {r["alert_id"] for r in lake_alerts} >= set(ids)
 
+    # every delivery is recorded in the lake: one 'delivered' row per alert the receiver got
+    def delivered() -> list[dict]:
+        rows = query_rows(run["lake"], "SELECT alert_id, channel, attempt, status_code "
+                                       "FROM alert_deliveries WHERE outcome = 'delivered'")
+        return rows if {r["alert_id"] for r in rows} >= set(ids) else []
+
+    rows = wait_until(delivered, timeout_s=30, what="the deliveries in the lake")
+    mine = sorted((r["alert_id"], r["channel"], r["status_code"]) for r in rows
+                  if r["alert_id"] in set(ids))
+    assert mine == sorted((i, "webhook", 204) for i in ids)
+
 
 def test_riskstream_sql_counts_the_lake(run):
     out = subprocess.run(
