@@ -51,7 +51,8 @@ class LakeQueryError(RiskstreamError):
     """ClickHouse refused or failed a query over the lake; the message is ClickHouse's.
 
     Operator action: fix the SQL (tables: scored_transactions, scored_applications,
-    metric_samples, metric_anomalies, aggregates, alerts, dead_letter).
+    metric_samples, metric_anomalies, aggregates, alerts, alert_deliveries, model_quality,
+    dead_letter).
     """
 
     def __init__(self, message: str) -> None:
