@@ -59,7 +59,7 @@ class Receiver:
                     secret.encode(), body, self.headers.get(TIMESTAMP_HEADER, ""),
                     self.headers.get(SIGNATURE_HEADER, ""))
                 receiver.requests.append({"headers": dict(self.headers), "body": json.loads(body),
-                                          "verified": ok})
+                                          "verified": ok, "path": self.path})
                 self.send_response(200 if ok else 401)
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -211,3 +211,63 @@ def test_alertmanager_receives_firing_and_resolved(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _postable_alerts_errors(body: object) -> list[str]:
+    """What Alertmanager's documented API v2 (``POST /api/v2/alerts``, ``postableAlerts`` in its
+    openapi.yaml) refuses: a list of objects with ``labels`` (required, non-empty, string to
+    string), ``annotations`` (string to string), ``startsAt``/``endsAt`` (RFC 3339 date-time),
+    ``generatorURL`` (URI), and no other keys."""
+    import datetime as dt
+
+    if not isinstance(body, list) or not body:
+        return ["expected a non-empty list of alerts"]
+    errors = []
+    for i, alert in enumerate(body):
+        extra = set(alert) - {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
+        if extra:
+            errors.append(f"[{i}] unknown keys {sorted(extra)}")
+        for key in ("labels", "annotations"):
+            value = alert.get(key, {})
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                errors.append(f"[{i}] {key}: expected string to string")
+        if not alert.get("labels"):
+            errors.append(f"[{i}] labels: required")
+        for key in ("startsAt", "endsAt"):
+            if key in alert:
+                try:
+                    parsed = dt.datetime.fromisoformat(alert[key])
+                except (TypeError, ValueError):
+                    errors.append(f"[{i}] {key}: not a date-time")
+                else:
+                    if parsed.tzinfo is None:
+                        errors.append(f"[{i}] {key}: no time zone")
+        if "generatorURL" in alert and not alert["generatorURL"].startswith(("http://", "https://")):
+            errors.append(f"[{i}] generatorURL: not a URI")
+    return errors
+
+
+def test_alertmanager_payload_follows_its_documented_api_v2():
+    """Without the binary (the test above skips), the posted body is checked against the API
+    Alertmanager documents: firing, then resolved with the same labels and endsAt."""
+    receiver = Receiver()
+    try:
+        channel = AlertmanagerChannel(receiver.url.removesuffix("/hook") + "/am/")
+        assert channel.send(make_alert()) == 200
+        channel.send(make_alert(alert_id="r1", status="resolved", event_time=1_714_570_800_000))
+        firing, resolved = (r["body"] for r in receiver.requests)
+        assert [r["path"] for r in receiver.requests] == ["/am/api/v2/alerts"] * 2
+        assert receiver.requests[0]["headers"]["Content-Type"] == "application/json"
+        assert _postable_alerts_errors(firing) == [] and _postable_alerts_errors(resolved) == []
+        assert firing[0]["labels"] == {"alertname": "payment_failure_rate", "severity": "critical",
+                                       "incident": "a1b2c3", "team": "payments",
+                                       "merchant_id": "merch-7"}
+        assert firing[0]["startsAt"] == "2024-05-01T13:30:00.000+00:00"
+        assert "3 of 25" in firing[0]["annotations"]["reasons"]
+        assert firing[0]["generatorURL"].startswith("https://grafana.example/")
+        # resolved: the same label set (Alertmanager's identity), ended at the resolution
+        assert resolved[0]["labels"] == firing[0]["labels"]
+        assert resolved[0]["endsAt"] == "2024-05-01T13:40:00.000+00:00"
+    finally:
+        receiver.close()
