@@ -322,6 +322,9 @@ def collect(source, *, since_s: int, horizon_s: int, now_ms: int | None = None,
             progress: Progress | None = _stderr_progress) -> dict:
     """Query everything the report shows; return it as JSON-ready data."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    refresh = getattr(source, "refresh", None)
+    if refresh is not None:  # the lake as it is now (a scheduled report reuses its source)
+        refresh()
     period = period_for(since_s, now_ms)
     previous = period.previous
     horizon_steps = max(1, math.ceil(horizon_s / period.step_s))
