@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from pipelines.errors import ConfigError, RiskstreamError
@@ -102,7 +103,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     config = SimConfig(seed=args.seed, rate_eps=args.rate, label_delay_s=args.label_delay,
                        malformed_share=args.malformed, duplicate_share=args.duplicates)
     counts = run_simulator(bootstrap, config, duration_s=args.duration, max_events=args.events,
-                           realtime=not args.fast, stop=_stop_on_signals())
+                           realtime=not args.fast, stop=_stop_on_signals(), start_ms=args.start)
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
     return 0
 
@@ -129,6 +130,21 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     for path in export_json_schemas(Path(args.out)):
         print(path)
     return 0
+
+
+def _start_ms(text: str) -> int:
+    """``--start``: epoch milliseconds, or an ISO-8601 date-time with a timezone."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"expected epoch milliseconds or an ISO-8601 date-time with a timezone "
+            f"(2026-01-01T00:00:00Z), got {text!r}")
+    return int(when.timestamp() * 1000)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -161,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--malformed", type=float, default=0.01, help="share of malformed events")
     sim.add_argument("--duplicates", type=float, default=0.01, help="share of duplicates")
     sim.add_argument("--fast", action="store_true", help="as fast as possible, not real time")
+    sim.add_argument("--start", type=_start_ms, default=None,
+                     help="event time of the first message (ISO-8601 with a timezone, or epoch "
+                          "ms): the same --seed and --start give the same messages (default: "
+                          "now, or in the past with --fast: another stream at every run)")
     sim.set_defaults(func=cmd_simulate)
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL over the lake (chDB)")

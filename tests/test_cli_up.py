@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import urllib.request
+from datetime import datetime
+from itertools import islice
 
 import pytest
+import orjson
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from processes import GATEWAY, STATUS_LINE, alive, children, start_up, wait_until
+from processes import GATEWAY, ROOT, STATUS_LINE, alive, children, start_up, wait_until
 
-from pipelines.broker import EmbeddedBroker
-from pipelines.topics import INPUT_TOPICS, OUTPUT_TOPICS
+from pipelines.broker import EmbeddedBroker, ensure_topics
+from pipelines.simulator import SimConfig, Simulator
+from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS
 from sinks.clickhouse import query_rows
 
 pytestmark = pytest.mark.integration
@@ -85,3 +93,72 @@ def test_up_with_a_duration_on_a_named_cluster_exits_0_with_a_summary(tmp_path):
     pids = [p["pid"] for p in summary["processes"].values()]
     assert wait_until(lambda: not any(alive(pid) for pid in pids), timeout_s=10,
                       what="no orphan process"), pids
+
+
+def _simulate(bootstrap: str, *args: str) -> tuple[dict[str, int], str]:
+    """`riskstream simulate ARGS`; its final counts (last line of stderr) and its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+           "RISKSTREAM_METRICS_PORT": "0"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "simulate", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    return {k: int(v) for k, v in (kv.split("=") for kv in last.split())}, done.stderr
+
+
+def _messages(bootstrap: str, topic: str) -> list[bytes]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "sim-check",
+                  "enable.auto.commit": False})
+    try:
+        out = []
+        for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            c.assign([TopicPartition(topic, p, 0)])
+            while batch := c.consume(5000, timeout=1.0):  # to the end of the partition
+                out += [m.value() for m in batch if not m.error()]
+        return out
+    finally:
+        c.close()
+
+
+def _ms(event_time: int | str) -> int:
+    if isinstance(event_time, int):
+        return event_time
+    return int(datetime.fromisoformat(event_time).timestamp() * 1000)
+
+
+def test_simulate_on_the_command_line(tmp_path):
+    """`riskstream simulate`: --seed, the shares and the label delay reach the simulator, the
+    messages reach the broker, --duration stops it, and it shows progress."""
+    with EmbeddedBroker() as cluster:
+        ensure_topics(cluster.bootstrap, partitions=2, topics=INPUT_TOPICS)
+        args = ("--fast", "--events", "5000", "--malformed", "0.2", "--duplicates", "0.1",
+                "--label-delay", "2", "--start", "2025-06-01T00:00:00Z")
+        counts, err = _simulate(cluster.bootstrap, *args, "--seed", "3")
+        assert counts["total"] == 5000 and counts["delivery_errors"] == 0
+        slots = counts["total"] - counts["label"]
+        assert counts["malformed"] / slots == pytest.approx(0.2, abs=0.03)
+        assert counts["duplicate"] / slots == pytest.approx(0.1, abs=0.03)
+        assert "simulate" in err and "(average)" in err  # progress, and its final line
+        values = {t: _messages(cluster.bootstrap, t) for t in INPUT_TOPICS}
+        assert {t: len(v) for t, v in values.items()} == {t: counts[t] for t in INPUT_TOPICS}
+        sent = {}
+        for topic in INPUT_TOPICS:
+            if topic == LABELS:
+                continue
+            for value in values[topic]:
+                try:
+                    event = orjson.loads(value)
+                    sent[event["event_id"]] = _ms(event["event_time"])
+                except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+                    pass  # a malformed message
+        labels = [orjson.loads(v) for v in values[LABELS]]
+        assert labels and all(_ms(lab["event_time"]) - sent[lab["target_event_id"]] == 2000
+                              for lab in labels)
+        # Deterministic for a seed (and a start): exactly the simulator's messages.
+        config = SimConfig(seed=3, malformed_share=0.2, duplicate_share=0.1, label_delay_s=2)
+        expected = islice(Simulator(config, _ms("2025-06-01T00:00:00Z")).messages(), 5000)
+        assert sorted(v for vs in values.values() for v in vs) == sorted(m.value for m in expected)
+        assert _simulate(cluster.bootstrap, *args, "--seed", "4")[0] != counts
+        timed, err = _simulate(cluster.bootstrap, "--rate", "200", "--seed", "3",
+                               "--duration", "2")
+        assert 0 < timed["total"] and "(average)" in err
