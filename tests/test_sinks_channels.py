@@ -89,6 +89,13 @@ def test_webhook_is_signed_and_the_receiver_verifies_it():
         assert err.value.status_code == 401 and not err.value.retryable
     finally:
         receiver.close()
+    open_receiver = Receiver()  # without a secret: not signed, still timestamped
+    try:
+        WebhookChannel(open_receiver.url).send(make_alert())
+        headers = open_receiver.requests[0]["headers"]
+        assert SIGNATURE_HEADER not in headers and int(headers[TIMESTAMP_HEADER]) > 1_700_000_000
+    finally:
+        open_receiver.close()
 
 
 def test_slack_message_has_the_reasons_and_the_links():

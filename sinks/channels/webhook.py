@@ -92,5 +92,7 @@ class WebhookChannel:
         self.timeout_s = timeout_s
 
     def send(self, alert: dict) -> int:
+        # The timestamp goes out signed or not (with a secret, post_json sets the signed one).
+        headers = {"Idempotency-Key": alert["alert_id"], TIMESTAMP_HEADER: str(int(time.time()))}
         return post_json(self._url, alert, timeout_s=self.timeout_s, what="webhook",
-                         headers={"Idempotency-Key": alert["alert_id"]}, secret=self._secret)
+                         headers=headers, secret=self._secret)
