@@ -252,3 +252,39 @@ def test_the_three_example_rules_of_the_shipped_file_fire_at_their_thresholds_an
     assert fired("system-metrics", latency(99, 900), series) == []
     assert fired("system-metrics", latency(100, 900), series) == ["service_latency_p95"]
     assert fired("system-metrics", latency(100, 450), series) == []
+
+
+def test_a_restarted_worker_restores_alert_state_from_its_checkpoint(tmp_path):
+    """The worker's wiring (pipelines/app.py): the state it checkpoints per input partition,
+    loaded by a new worker before its first batch, keeps the alert firing (nothing re-sent),
+    where a worker without it would notify again."""
+    from agents.aggregate import WindowAggregator
+    from factories import make_transaction
+    from pipelines.app import Pipeline
+    from pipelines.settings import ModelSettings, Settings
+    from test_agents_snapshot import CollectingOutputs
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: big_payment, stream: transactions, field: amount, "
+                     "op: '>', value: 1000}\n")
+
+    def worker(state: dict | None) -> Pipeline:
+        settings = Settings()
+        settings.__dict__["model"] = ModelSettings(snapshot_dir=tmp_path / "models")
+        settings.__dict__["alert"] = settings.alert.model_copy(update={"rules_path": rules})
+        pipeline = Pipeline(settings, CollectingOutputs())
+        pipeline.alert_slice("transactions:0", state)  # what the agent does before a batch
+        return pipeline
+
+    def alerts(pipeline: Pipeline, i: int) -> list[dict]:
+        event = make_transaction(now_ms=T0 + i * 1000, event_id=f"big-{i}", amount=5000.0)
+        sent = len(pipeline.outputs.sent)
+        pipeline.score_batch("transactions", [{**event, "stream": "transactions"}],
+                             WindowAggregator("transactions"), 0)
+        return [r for t, r in pipeline.outputs.sent[sent:] if t == "alerts"]
+
+    first = worker(None)
+    assert [a["rule"] for a in alerts(first, 0)] == ["big_payment"]
+    checkpoint = orjson.loads(orjson.dumps(first.alerts.to_states(["transactions:0"])))
+    assert alerts(worker(checkpoint["transactions:0"]), 1) == []  # still firing: not re-sent
+    assert len(alerts(worker(None), 1)) == 1  # without the state it would have been
