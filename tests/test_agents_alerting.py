@@ -288,3 +288,26 @@ def test_a_restarted_worker_restores_alert_state_from_its_checkpoint(tmp_path):
     checkpoint = orjson.loads(orjson.dumps(first.alerts.to_states(["transactions:0"])))
     assert alerts(worker(checkpoint["transactions:0"]), 1) == []  # still firing: not re-sent
     assert len(alerts(worker(None), 1)) == 1  # without the state it would have been
+
+
+def test_the_alert_query_runs_on_the_lake_and_returns_the_affected_rows(tmp_path):
+    from lake_fixtures import make_record
+    from sinks.clickhouse import query_rows
+    from sinks.lake import LakeWriter
+
+    t = T0 - T0 % (5 * MIN)
+    rows = [make_record("scored-transactions", i, time_ms=t + i * 1000, merchant_id="m'2",
+                        status="declined" if i < 2 else "approved") for i in range(12)]
+    rows += [make_record("scored-transactions", 100 + i, time_ms=t + i * 1000, merchant_id="m3")
+             for i in range(5)]  # another merchant, same minutes: not affected
+    later = make_record("scored-transactions", 999, time_ms=t + 7 * MIN, merchant_id="m3")
+    with LakeWriter(tmp_path / "lake") as lake:
+        lake.recover("scored-transactions")
+        lake.write("scored-transactions", rows + [later], {0: (0, len(rows))})
+    e = engine()
+    for r in rows + [later]:
+        e.observe("transactions", r, r["card_id"], 0)
+    fired = [a for a in e.tick("transactions", 0) if a["rule"] == "payment_failure_rate"]
+    assert len(fired) == 1 and fired[0]["entity"] == "m'2"
+    got = query_rows(tmp_path / "lake", fired[0]["query"])
+    assert sorted(r["event_id"] for r in got) == sorted(r["event_id"] for r in rows[:12])
