@@ -1,0 +1,52 @@
+"""``riskstream bench`` runs end to end on the embedded broker and reports what issue 8 asks.
+
+The figures themselves are never asserted (machines are noisy); the test checks that every
+phase ran on real events and that the JSON holds the documented keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from pipelines.bench import _shift
+
+
+def test_shift_moves_only_the_event_time() -> None:
+    value = orjson.dumps({"event_id": "l-1", "event_time": 1_790_000_000_123,
+                          "labelled_event_time": 1_790_000_000_123, "amount": 5.0})
+    [(topic, key, moved, t)] = _shift([("labels", b"k", value, 1_790_000_000_123)], 1_000)
+    assert (topic, key, t) == ("labels", b"k", 1_790_000_001_123)
+    assert orjson.loads(moved) == {"event_id": "l-1", "event_time": 1_790_000_001_123,
+                                   "labelled_event_time": 1_790_000_000_123, "amount": 5.0}
+
+
+def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSTREAM_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "bench", "--events", "4000",
+         "--load-seconds", "2", "--load-eps", "400", "--json", str(out)],
+        cwd=tmp_path, env={**env, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for key in ("ceiling_eps", "faust_count_eps", "pipeline_eps", "produce_eps",
+                "ratio_pipeline_to_faust", "ratio_pipeline_to_ceiling"):
+        assert r[key] > 0, key
+    assert r["cpu_s_per_1000_events"] >= 0  # a 4,000-event backlog may pass between two reads
+    assert r["events"] == 4000 and r["bootstrap"] == "embedded"
+    # Events offered at load reached the scored outputs and were timed.
+    assert r["latency_ms"]["n"] > 0
+    assert {"p50", "p95", "p99"} <= set(r["latency_ms"])
+    assert r["load_send_lag_ms"]["n"] == 800
+    assert set(r["rss_mb"]) == {"worker", "gateway", "sink"}
+    assert all(mb > 0 for mb in r["rss_mb"].values())
+    assert "(4)/(3)" in run.stdout and "latency at 400 events/s" in run.stdout
+    # The Faust count-only agent keeps its data directory out of the cwd.
+    assert not list(tmp_path.glob("bench-count-*"))
