@@ -289,3 +289,58 @@ def test_a_killed_loader_process_loads_every_event_exactly_once(bootstrap, setti
     with ChdbTarget(settings.clickhouse.path) as target:
         assert target.query("SELECT sum(transactions) AS n FROM transactions_hourly") == [
             {"n": 6000}]
+
+
+# Process 1 dies (as under kill -9: no clean-up, no commit) right after the 5th insert into an
+# output table: a batch is logged and in the table, its offsets not committed.
+_DIE_AFTER_5_INSERTS = """
+import os, sys
+from sinks import warehouse
+insert, done = warehouse.ChdbTarget.insert, []
+def dying_insert(self, table, data, settings):
+    insert(self, table, data, settings)
+    if table != "loader_batches":
+        done.append(table)
+        if len(done) == 5:
+            os._exit(137)
+warehouse.ChdbTarget.insert = dying_insert
+from pipelines.warehouse_cli import main_load
+sys.exit(main_load(["--group", GROUP]))
+"""
+
+
+def test_a_loader_killed_mid_batch_restarts_and_loads_each_event_exactly_once(
+        bootstrap, settings, tmp_path):
+    batch = records({SCORED_TRANSACTIONS: 2000, METRIC_SAMPLES: 600, ALERTS: 150})
+    produce_all(bootstrap, batch)
+    total = 2750
+    env = {"RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+           "RISKSTREAM_CLICKHOUSE_PATH": str(settings.clickhouse.path),
+           "RISKSTREAM_CLICKHOUSE_LOAD_BATCH_ROWS": "150",
+           "RISKSTREAM_CLICKHOUSE_LOAD_INTERVAL_S": "0.2",
+           "RISKSTREAM_KAFKA_CONSUME_BATCH": "400",
+           "RISKSTREAM_KAFKA_SESSION_TIMEOUT_S": "3"}
+    dying = LoaderProcess(["-c", _DIE_AFTER_5_INSERTS.replace("GROUP", repr(GROUP))], env,
+                          tmp_path / "load-1.log")
+    assert dying.proc.wait(120) == 137, dying.log()[-2000:]
+    landed = sum(rows for rows, _ in counts(settings).values())
+    done = committed(settings, bootstrap)
+    assert landed > done, "the kill should leave inserted rows whose offsets are not committed"
+    assert done < total
+
+    args = ["-c", "import sys; from pipelines.warehouse_cli import main_load; "
+            f"sys.exit(main_load(['--group', {GROUP!r}]))"]
+    loader = LoaderProcess(args, env, tmp_path / "load-2.log")
+    try:
+        wait_until(lambda: committed(settings, bootstrap) == total, timeout_s=60,
+                   what="every offset committed after the restart")
+    finally:
+        assert loader.stop(signal.SIGTERM) == 0, loader.log()[-2000:]
+    got = counts(settings)
+    assert got["scored_transactions"] == (2000, 2000)
+    assert got["metric_samples"] == (600, 600)
+    assert got["alerts"] == (150, 150)
+    with ChdbTarget(settings.clickhouse.path) as target:
+        assert target.query("SELECT sum(transactions) AS n FROM transactions_hourly") == [
+            {"n": 2000}]
+        assert target.query("SELECT sum(alerts) AS n FROM alerts_daily") == [{"n": 150}]
