@@ -181,6 +181,9 @@ def test_alerts_reach_the_webhook_and_the_lake(run):
         lambda: query_rows(run["lake"], "SELECT alert_id FROM alerts"), timeout_s=30,
         what="alerts in the lake")
     assert {r["alert_id"] for r in lake_alerts} >= set(ids)
+    # ... and to the log: the dispatcher writes every alert there.
+    dispatch = next(p for p in run["procs"] if p.args == ["dispatch"])
+    assert "ALERT firing metric_anomaly" in dispatch.log()
 
     # every delivery is recorded in the lake: one 'delivered' row per alert the receiver got
     def delivered() -> list[dict]:
@@ -192,6 +195,39 @@ def test_alerts_reach_the_webhook_and_the_lake(run):
     mine = sorted((r["alert_id"], r["channel"], r["status_code"]) for r in rows
                   if r["alert_id"] in set(ids))
     assert mine == sorted((i, "webhook", 204) for i in ids)
+
+
+def test_windows_per_merchant_and_per_series_count_what_landed(run):
+    """The closed one-minute windows (per merchant; per host and metric) count exactly the
+    scored events of their group and minute. A window is emitted per input partition: a
+    merchant's transactions are on every partition (keyed by card), so the group's minute is
+    the sum of its rows."""
+    lake = run["lake"]
+
+    def closed() -> dict | None:
+        got = {r["stream"]: r["n"] for r in query_rows(
+            lake, "SELECT stream, count() AS n FROM aggregates GROUP BY stream")}
+        return got if got.get("transactions") and got.get("system-metrics") else None
+
+    wait_until(closed, timeout_s=60, what="closed windows of both streams in aggregates")
+    rows = query_rows(lake, """
+        SELECT a.stream AS stream, a.group_key AS group_key, a.ws AS ws, a.n AS windowed,
+               e.n AS landed
+        FROM (SELECT stream, group_key, toDateTime(window_start) AS ws, sum(count) AS n
+              FROM aggregates WHERE stream IN ('transactions', 'system-metrics')
+              GROUP BY stream, group_key, ws) AS a
+        LEFT JOIN (
+            SELECT 'transactions' AS stream, merchant_id AS group_key,
+                   toDateTime(toStartOfMinute(event_time)) AS ws, count() AS n
+            FROM scored_transactions GROUP BY group_key, ws
+            UNION ALL
+            SELECT 'system-metrics' AS stream, concat(host, '/', metric) AS group_key,
+                   toDateTime(toStartOfMinute(event_time)) AS ws, count() AS n
+            FROM metric_samples GROUP BY group_key, ws
+        ) AS e USING (stream, group_key, ws)""")
+    assert {r["stream"] for r in rows} == {"transactions", "system-metrics"}
+    assert [r for r in rows if r["windowed"] != r["landed"]] == []
+    assert {r["group_key"] for r in rows if r["stream"] == "system-metrics"} == {"web-1/cpu"}
 
 
 def test_riskstream_sql_counts_the_lake(run):
