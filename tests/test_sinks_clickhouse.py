@@ -52,6 +52,12 @@ def test_an_empty_or_missing_lake_has_every_table_with_0_rows(tmp_path):
             assert query_rows(root, f"SELECT count() AS n FROM {table}") == [{"n": 0}]
 
 
+def test_the_documented_tables_are_there():
+    # README and `riskstream sql` users name these; a rename must be a decision, not a slip.
+    assert {"scored_transactions", "scored_applications", "metric_samples", "metric_anomalies",
+            "aggregates", "alerts", "dead_letter"} <= set(SCHEMA_OF_TABLE)
+
+
 def test_a_table_with_only_tmp_files_has_0_rows(tmp_path):
     # a flush in progress: its file is not renamed yet
     hour = tmp_path / "alerts" / "date=2024-05-01" / "hour=13"
