@@ -57,11 +57,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.app import build_app
     from pipelines.broker import ensure_topics
     from pipelines.metrics import serve_metrics
+    from pipelines.worker_services import add_worker_services, planned
 
+    planned(settings)  # a setting that cannot work fails before anything starts
     bootstrap = _bootstrap(settings)
     ensure_topics(bootstrap, partitions=settings.kafka.partitions)
     serve_metrics(settings.service.metrics_port, settings.service.bind_host)
     app = build_app(settings, bootstrap)
+    add_worker_services(app, settings)  # its dashboard and scheduled report, when configured
     # The CLI flag, not web_enabled=False: in code Faust still binds 0.0.0.0:6066 (DESIGN.md).
     faust_level = {"WARNING": "warn", "CRITICAL": "crit"}.get(
         settings.service.log_level.upper(), settings.service.log_level.lower())

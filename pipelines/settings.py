@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -185,6 +186,15 @@ class ServiceSettings(BaseSettings):
     metrics_port: int | None = None
     log_level: str = "INFO"
     state_dir: Path = Path("var/state")
+    # The worker's own live dashboard, on bind_host (pipelines/worker_services.py); off unless
+    # set. `riskstream up` serves one at status_port.
+    dashboard_port: int | None = None
+    # A report produced by the worker every `report_every` (e.g. 1h); off unless set.
+    report_every: str | None = None
+    report_since: str = "7d"
+    report_horizon: str = "24h"
+    report_dir: Path = Path("var/reports")
+    report_source: Literal["lake", "clickhouse"] = "lake"
 
 
 class Settings:
