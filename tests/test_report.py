@@ -12,6 +12,7 @@ fortnight before ``NOW_MS``: ~12k events a week, scored as at full rate.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -262,6 +263,51 @@ def test_a_source_reused_by_a_schedule_sees_the_files_written_since(lake, report
         source.close()
     assert first["totals"]["transactions"]["n"] == 0
     assert second["totals"] == report["totals"]
+
+
+COMPARED = ("streams", "totals", "previous_totals", "scores", "fraud", "applications",
+            "anomalies", "alerts", "model_quality", "top", "drift")
+
+
+def warehouse_report(lake: Path, warehouse: Path, now_ms: int) -> dict:
+    """The report through ``ServerSource`` on the warehouse's schema (migrations, MergeTree
+    tables, ``final = 1``), in chDB's embedded database loaded from ``lake``: the SQL that
+    ``--clickhouse URL`` sends a server. (Its own process: chDB opens one path per process.)"""
+    from pipelines.report import ServerSource
+    from sinks.clickhouse import STRUCTURE_OF_TABLE, _literal
+    from sinks.lake import visible_files
+    from sinks.warehouse import ChdbTarget, migrate
+
+    target = ChdbTarget(warehouse)
+    migrate(target)
+    for table, structure in STRUCTURE_OF_TABLE.items():
+        files = visible_files(lake.resolve(), table)
+        if not files:
+            continue
+        present = {r["name"] for r in target.query(f"DESCRIBE TABLE {table}")}
+        columns = ", ".join(c for c in re.findall(r"(?:^|, )(\w+) ", structure) if c in present)
+        paths = f"{lake.resolve()}/{table}/{{" + ",".join(files) + "}"
+        target.command(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM "
+                       f"file({_literal(paths)}, Parquet, {_literal(structure)})")
+    source = object.__new__(ServerSource)  # a server's source, on the chDB target
+    source._target, source.name = target, "warehouse"
+    data = collect(source, since_s=7 * 86_400, horizon_s=86_400, now_ms=now_ms, progress=None)
+    return {k: data[k] for k in COMPARED}
+
+
+def test_the_same_report_on_the_warehouse_schema(report, lake, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "import json, sys; from pathlib import Path; "
+         "from test_report import warehouse_report; "
+         "print(json.dumps(warehouse_report(Path(sys.argv[1]), Path(sys.argv[2]), "
+         "int(sys.argv[3]))))", str(lake), str(tmp_path / "warehouse"), str(NOW_MS)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    on_server = json.loads(out.stdout)
+    assert on_server["totals"]["transactions"]["n"] > 5_000
+    for key in COMPARED:
+        assert on_server[key] == json.loads(json.dumps(report[key])), key
 
 
 def test_the_cli_writes_html_and_json_with_progress(lake, tmp_path):
