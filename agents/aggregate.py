@@ -5,15 +5,21 @@ that is already closed is late, counted, and left out of the aggregate (its raw 
 in the lake). State is a plain dict of incremental aggregates (count, sum, min, max, score
 sum/max, flagged) per (group key, window start), never a list of events, and it serialises to
 JSON so the Faust agent can checkpoint it to a table now and then, not once per event.
+
+Windows are kept per input partition (that is what a worker owns and checkpoints), so a group
+whose events are spread over partitions (a merchant's transactions, keyed by card) has one row
+per partition and window: ``aggregate_id`` names the partition, and readers sum the rows of a
+group and window (``sum(count)``, ``sum(sum)``, ``max(max)``, ...).
 """
 
 from __future__ import annotations
 
 
 class WindowAggregator:
-    def __init__(self, stream: str, *, window_size_ms: int = 60_000, grace_ms: int = 10_000,
-                 flag_threshold: float = 0.9) -> None:
+    def __init__(self, stream: str, *, partition: int = 0, window_size_ms: int = 60_000,
+                 grace_ms: int = 10_000, flag_threshold: float = 0.9) -> None:
         self.stream = stream
+        self.partition = partition
         self.window_size_ms = window_size_ms
         self.grace_ms = grace_ms
         self.flag_threshold = flag_threshold
@@ -66,7 +72,8 @@ class WindowAggregator:
             for group_key in sorted(groups):
                 count, total, lo, hi, score_sum, score_max, flagged = groups[group_key]
                 out.append({
-                    "aggregate_id": f"{self.stream}:{group_key}:{start}", "stream": self.stream,
+                    "aggregate_id": f"{self.stream}:{group_key}:{start}:p{self.partition}",
+                    "stream": self.stream,
                     "group_key": group_key, "window_start": start,
                     "window_end": start + self.window_size_ms, "count": int(count), "sum": total,
                     "min": lo, "max": hi, "mean": total / count, "score_mean": score_sum / count,

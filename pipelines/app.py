@@ -333,7 +333,7 @@ class Pipeline:
     def aggregator(self, stream: str, partition: int, stored: dict | None) -> list:
         entry = self.windows.get((stream, partition))
         if entry is None:
-            agg = WindowAggregator(stream, window_size_ms=self.window_size_ms,
+            agg = WindowAggregator(stream, partition=partition, window_size_ms=self.window_size_ms,
                                    grace_ms=self.grace_ms, flag_threshold=self.flag_threshold)
             offset = -1
             if stored:

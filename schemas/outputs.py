@@ -85,7 +85,8 @@ METRIC_SAMPLE = pa.schema([
 ])
 
 AGGREGATE = pa.schema([
-    pa.field("aggregate_id", STR, nullable=False),  # f"{stream}:{group_key}:{window_start}"
+    # f"{stream}:{group_key}:{window_start}:p{input partition}": one row per partition
+    pa.field("aggregate_id", STR, nullable=False),
     pa.field("stream", STR, nullable=False),
     pa.field("group_key", STR, nullable=False),     # merchant_id, or f"{host}/{metric}"
     pa.field("window_start", TS, nullable=False),

@@ -309,3 +309,22 @@ def test_riskstream_sql_clickhouse_url_queries_the_server_with_final(receiver, c
     assert params["final"] == ["1"] and params["database"] == ["riskstream"]
     assert "CSVWithNames" in params.get("query", [""])[0] + body.decode(errors="replace")
     assert out == "24.8.1.1\tUTC\n"  # the server's answer, printed as it came
+
+
+def test_a_merchant_minute_spread_over_partitions_keeps_every_partition_row(target):
+    """A merchant's transactions are keyed by card, so each input partition emits its own
+    window for the same merchant and minute: deduplication by id must not keep just one."""
+    from agents.aggregate import WindowAggregator
+    from pipelines.topics import AGGREGATES
+
+    rows = []
+    for partition, amounts in ((0, [10.0, 20.0]), (1, [5.0]), (3, [1.0, 2.0, 3.0])):
+        agg = WindowAggregator("transactions", partition=partition)
+        for i, amount in enumerate(amounts):
+            agg.add("m-1", NOW_MS + i, amount, 0.1)
+        rows += agg.pop_closed(NOW_MS + 120_000, everything=True)
+    assert len({r["aggregate_id"] for r in rows}) == 3
+    target.insert("aggregates", to_arrow(AGGREGATES, rows), insert_settings("w"))
+    target.insert("aggregates", to_arrow(AGGREGATES, rows), insert_settings("replay"))
+    assert target.query("SELECT sum(count) AS n, sum(sum) AS total FROM aggregates FINAL "
+                        "WHERE group_key = 'm-1'") == [{"n": 6, "total": 41.0}]
