@@ -296,11 +296,12 @@ def warehouse_report(lake: Path, warehouse: Path, now_ms: int) -> dict:
 
 
 def test_the_same_report_on_the_warehouse_schema(report, lake, tmp_path):
+    code = ("import json, sys; from pathlib import Path; "
+            "from test_report import warehouse_report; "
+            "print(json.dumps(warehouse_report(Path(sys.argv[1]), Path(sys.argv[2]), "
+            "int(sys.argv[3]))))")
     out = subprocess.run(
-        [sys.executable, "-c", "import json, sys; from pathlib import Path; "
-         "from test_report import warehouse_report; "
-         "print(json.dumps(warehouse_report(Path(sys.argv[1]), Path(sys.argv[2]), "
-         "int(sys.argv[3]))))", str(lake), str(tmp_path / "warehouse"), str(NOW_MS)],
+        [sys.executable, "-c", code, str(lake), str(tmp_path / "warehouse"), str(NOW_MS)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     assert out.returncode == 0, out.stderr[-3000:]
