@@ -62,6 +62,7 @@ def _flowing(url: str) -> dict | None:
 @pytest.mark.integration
 def test_snapshot_sse_and_the_page_in_chromium(up, tmp_path):
     url, _ = up
+    assert url.startswith("http://127.0.0.1:"), url  # loopback unless RISKSTREAM_BIND_HOST
     snap = wait_until(lambda: _flowing(url), timeout_s=120, interval_s=1,
                       what="events flowing through the dashboard")
     tx = snap["streams"]["transactions"]
