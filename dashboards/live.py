@@ -183,6 +183,7 @@ class LiveDashboard:
         self.interval_s = interval_s
         self._lake = LakeView(lake) if lake is not None else None
         self._lock = threading.Lock()
+        self._fresh = threading.Condition(self._lock)  # notified at every new snapshot
         self._closed = threading.Event()
         self._history: deque[tuple[float, dict[str, float]]] = deque()
         self._snapshot: dict[str, Any] = {}
@@ -202,6 +203,8 @@ class LiveDashboard:
 
     def close(self) -> None:
         self._closed.set()
+        with self._fresh:
+            self._fresh.notify_all()
         if self._thread is not None:
             self._thread.join(5)
         if self._lake is not None:
@@ -244,6 +247,7 @@ class LiveDashboard:
             while self._history and now - self._history[0][0] > HISTORY_S:
                 self._history.popleft()
             self._snapshot = self._build(now, samples, counters)
+            self._fresh.notify_all()
             return self._snapshot
 
     def _rates(self) -> list[dict]:
@@ -358,13 +362,28 @@ class LiveDashboard:
         handler.close_connection = True
         try:
             handler.wfile.write(f"retry: {int(self.interval_s * 2000)}\n\n".encode())
-            event = 0
+            event, last_ts = 0, -1
             while not self._closed.is_set():
-                event += 1
-                data = json.dumps(self.snapshot(), separators=(",", ":"))
+                # Each event is a new sample (paced by the sampler): on a slow machine the
+                # same snapshot is never sent twice; a comment line keeps the stream open.
+                with self._fresh:
+                    self._fresh.wait_for(
+                        lambda last=last_ts: self._closed.is_set()
+                        or self._snapshot.get("ts", 0) > last,
+                        timeout=3 * self.interval_s)
+                    snap = self._snapshot
+                self._watched_at = time.monotonic()
+                if self._closed.is_set():
+                    break
+                if snap.get("ts", 0) <= last_ts:
+                    handler.wfile.write(b": waiting for the next sample\n\n")
+                    handler.wfile.flush()
+                    continue
+                last_ts, event = snap["ts"], event + 1
+                data = json.dumps(snap, separators=(",", ":"))
                 handler.wfile.write(f"id: {event}\ndata: {data}\n\n".encode())
                 handler.wfile.flush()
-                if event == limit or self._closed.wait(self.interval_s):
+                if event == limit:
                     break
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the client went away

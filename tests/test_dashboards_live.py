@@ -15,11 +15,49 @@ from pathlib import Path
 import pytest
 from processes import start_up, wait_until
 
-from dashboards.live import histograms
+from dashboards.live import LiveDashboard, histograms
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def test_server_sent_events_are_each_a_new_sample_even_when_sampling_is_slow():
+    import io
+    import threading
+    import time
+
+    def slow_scrape() -> list:
+        time.sleep(0.15)  # slower than the 0.05 s interval: a busy machine
+        return []
+
+    class Handler:
+        def __init__(self) -> None:
+            self.wfile = io.BytesIO()
+            self.close_connection = False
+
+        def send_response(self, code: int) -> None:
+            assert code == 200
+
+        def send_header(self, *_: str) -> None:
+            pass
+
+        def end_headers(self) -> None:
+            pass
+
+    dashboard = LiveDashboard(slow_scrape, lambda: {}, None, interval_s=0.05).start()
+    try:
+        handler = Handler()
+        served = threading.Thread(target=dashboard._stream, args=(handler, 4))
+        served.start()
+        served.join(10)
+        assert not served.is_alive()
+    finally:
+        dashboard.close()
+    events = [json.loads(line[6:]) for line in handler.wfile.getvalue().splitlines()
+              if line.startswith(b"data: ")]
+    assert len(events) == 4
+    assert all(b["ts"] > a["ts"] for a, b in zip(events, events[1:]))
 
 
 def test_histograms_turn_cumulative_buckets_into_bins_summed_over_processes():
