@@ -190,6 +190,8 @@ class Replay:
     learned: int = 0
     unmatched: int = 0
     stats: dict = field(default_factory=dict)
+    merchants: np.ndarray | None = None  # per event, for the visibility of fraud to labels
+    label_delay_ms: int | None = None
 
 
 def _progress(done: int, total: int, scoring_s: float, wall_s: float, t_ms: int) -> None:
@@ -244,7 +246,8 @@ def replay_file(stream: Stream, scorer, *, label_delay_ms: int, progress: bool =
             _progress(i + 1, n, spent - (i + 1) * pair_s, wall() - wall0, t)
     spent = max(spent - n * pair_s, 1e-9)
     return Replay(scores, labels, times, stream.columns["card_id"], decisions, spent,
-                  wall() - wall0, learned, unmatched, scorer.stats())
+                  wall() - wall0, learned, unmatched, scorer.stats(),
+                  merchants=stream.columns["merchant_id"], label_delay_ms=label_delay_ms)
 
 
 # -------------------------------------------------------------------------- the figures
@@ -292,6 +295,48 @@ def figures(r: Replay, *, warmup_ms: int, k: int = 100) -> dict[str, Any]:
             f"card_precision_at_{k}": card_precision_at_k(days[m], cards[m], y[m], s[m], k),
         })
     out["weeks"] = weeks
+    if r.merchants is not None and r.label_delay_ms is not None:
+        out["fraud_visibility"] = fraud_visibility(
+            r.times, r.merchants, r.labels, r.scores, keep, label_delay_ms=r.label_delay_ms)
+    return out
+
+
+def fraud_visibility(times: np.ndarray, merchants: np.ndarray, labels: np.ndarray,
+                     scores: np.ndarray, keep: np.ndarray, *, label_delay_ms: int,
+                     window_ms: int = 30 * DAY_MS) -> dict[str, Any]:
+    """How much of the fraud label feedback could see, and how each part was ranked.
+
+    A fraud is *seen* when a fraud at the same merchant (terminal) was labelled before it
+    happened, within ``window_ms`` (its label known: event time + delay <= this event's
+    time). The others are new compromises: no label says anything about them yet, so only the
+    transaction itself (amount, card history) can tell them apart. Each part's ROC AUC is
+    against every genuine scored event; ``auc_bound`` is the ROC AUC if every seen fraud were
+    ranked above every genuine event and the unseen ones stayed as they were: how far better
+    use of the labels could go.
+    """
+    fraud = np.flatnonzero(labels == 1)
+    seen = np.zeros(len(labels), dtype=bool)
+    by_merchant: dict[Any, list[int]] = {}
+    for i in fraud:
+        by_merchant.setdefault(merchants[i], []).append(i)
+    for idx in by_merchant.values():
+        t = times[idx]                 # event order: already sorted
+        known = np.searchsorted(t, t - label_delay_ms, side="right")   # labelled by then
+        recent = np.searchsorted(t, t - window_ms, side="left")
+        seen[idx] = known > recent
+    y, s = labels[keep], scores[keep]
+    genuine = s[y == 0]
+    out: dict[str, Any] = {"window_days": window_ms / DAY_MS}
+    n_fraud = int(y.sum())
+    for name, part in (("seen", seen[keep] & (y == 1)), ("unseen", ~seen[keep] & (y == 1))):
+        n = int(part.sum())
+        auc = (roc_auc(np.r_[np.ones(n), np.zeros(len(genuine))], np.r_[s[part], genuine])
+               if n and len(genuine) else float("nan"))
+        out[name] = {"n_fraud": n, "share": n / n_fraud if n_fraud else float("nan"),
+                     "roc_auc_vs_genuine": auc}
+    u = out["unseen"]
+    out["auc_bound"] = (1.0 - u["share"] * (1.0 - u["roc_auc_vs_genuine"])
+                        if u["n_fraud"] else 1.0)
     return out
 
 
@@ -313,6 +358,14 @@ def print_figures(name: str, f: dict[str, Any], k: int = 100) -> None:
         f"{d} {v['share']:.2%} (fraud {_fmt(v['fraud_rate'])})"
         for d, v in f["decisions"].items()))
     print(f"  labels learned {f['labels_learned']:,}, unmatched {f['labels_unmatched']:,}")
+    v = f.get("fraud_visibility")
+    if v:
+        print(f"  fraud seen by label feedback (a fraud at its merchant labelled in the last "
+              f"{v['window_days']:g} days): {v['seen']['share']:.1%}, ranked with ROC AUC "
+              f"{_fmt(v['seen']['roc_auc_vs_genuine'])} against the genuine events")
+        print(f"  fraud unseen (a new compromise, no label yet): {v['unseen']['share']:.1%}, "
+              f"ROC AUC {_fmt(v['unseen']['roc_auc_vs_genuine'])}; ranking every seen fraud "
+              f"first would give ROC AUC {_fmt(v['auc_bound'])}")
     print(f"\n  {'week':>4} {'start':>10} {'events':>9} {'fraud':>6} {'AUC':>7} {'AP':>7} "
           f"{'CP@' + str(k):>7}")
     for w in f["weeks"]:

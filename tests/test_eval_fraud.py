@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from agents.fraud import TransactionScorer
-from pipelines.eval_fraud import EvalError, figures, load_stream, parse_duration_ms, replay_file
+from pipelines.eval_fraud import (
+    EvalError, figures, fraud_visibility, load_stream, parse_duration_ms, replay_file,
+)
 from pipelines.metrics_exact import average_precision, card_precision_at_k, mid_ranks, roc_auc
 
 # ------------------------------------------------------------------------- exact metrics
@@ -151,7 +153,7 @@ def test_eval_fraud_command_on_both_layouts(tmp_path, capsys):
                  "--json", str(out)]) == 0
     got = json.loads(out.read_text())
     for key in ("roc_auc", "average_precision", "card_precision_at_100", "events_per_s",
-                "n_events", "weeks", "decisions", "brier"):
+                "n_events", "weeks", "decisions", "brier", "fraud_visibility"):
         assert key in got
     assert 0.5 < got["roc_auc"] <= 1.0 and got["events_per_s"] > 0
     assert "ROC AUC" in capsys.readouterr().out
@@ -171,6 +173,34 @@ def test_eval_fraud_command_on_both_layouts(tmp_path, capsys):
     again = json.loads(out2.read_text())
     assert again["layout"] == "riskstream" and again["n_events"] == got["n_events"]
     assert again["roc_auc"] == pytest.approx(got["roc_auc"], abs=0.02)
+
+
+def test_fraud_visibility_splits_frauds_by_a_label_known_at_their_merchant():
+    import numpy as np
+
+    day = 86_400_000
+    #            merchant  time (days)  label  score
+    events = [("a", 0.0, 1, 0.9),    # first fraud at a: unseen (nothing labelled yet)
+              ("a", 3.0, 1, 0.2),    # a's first label is known only at day 7: unseen
+              ("a", 8.0, 1, 0.8),    # day 0's label known since day 7: seen
+              ("b", 8.5, 1, 0.1),    # b never had a fraud: unseen
+              ("a", 50.0, 1, 0.7),   # a's last known fraud is 42 days old (> 30): unseen
+              ("c", 9.0, 0, 0.5), ("c", 9.5, 0, 0.3), ("c", 10.0, 0, 0.05)]
+    merchants = np.array([e[0] for e in events])
+    times = np.array([int(e[1] * day) for e in events])
+    labels = np.array([e[2] for e in events])
+    scores = np.array([e[3] for e in events])
+    keep = times >= 0
+    v = fraud_visibility(times, merchants, labels, scores, keep, label_delay_ms=7 * day)
+    assert v["seen"]["n_fraud"] == 1 and v["unseen"]["n_fraud"] == 4
+    assert v["seen"]["roc_auc_vs_genuine"] == 1.0          # 0.8 above every genuine score
+    # unseen 0.9, 0.2, 0.1, 0.7 against 0.5, 0.3, 0.05: 2*3 + 1 + 1 + 3 = 8 pairs of 12
+    assert v["unseen"]["roc_auc_vs_genuine"] == pytest.approx(8 / 12)
+    assert v["auc_bound"] == pytest.approx(1 - 0.8 * (1 - 8 / 12))
+    # only the scored part counts: without the first event, three unseen frauds remain
+    keep = times > 0
+    v = fraud_visibility(times, merchants, labels, scores, keep, label_delay_ms=7 * day)
+    assert v["unseen"]["n_fraud"] == 3 and v["seen"]["n_fraud"] == 1
 
 
 def test_eval_fraud_rejects_unusable_input(tmp_path, capsys):
