@@ -159,6 +159,16 @@ class LakeView:
         self.source.close()
 
 
+def send_body(handler, body: bytes, ctype: str) -> None:
+    """A 200 answer of ``body`` on an ``http.server`` handler (never cached)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Cache-Control", "no-store")
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class LiveDashboard:
     """Builds snapshots from the children's metrics and the lake; serves the page and SSE.
 
@@ -328,9 +338,9 @@ class LiveDashboard:
         """Serve ``handler``'s GET if it is one of ours; False lets the caller serve it."""
         path = handler.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
-            self._send(handler, PAGE.encode(), "text/html; charset=utf-8")
+            send_body(handler, PAGE.encode(), "text/html; charset=utf-8")
         elif path == "/api/v1/metrics":
-            self._send(handler, json.dumps(self.snapshot()).encode(), "application/json")
+            send_body(handler, json.dumps(self.snapshot()).encode(), "application/json")
         elif path == "/api/v1/metrics/realtime":
             query = urllib.parse.parse_qs(handler.path.partition("?")[2])
             try:
@@ -341,15 +351,6 @@ class LiveDashboard:
         else:
             return False
         return True
-
-    @staticmethod
-    def _send(handler, body: bytes, ctype: str) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", ctype)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.send_header("Cache-Control", "no-store")
-        handler.end_headers()
-        handler.wfile.write(body)
 
     def _stream(self, handler, limit: int = 0) -> None:
         """Send a snapshot every ``interval_s`` until the client leaves (or ``limit`` events:

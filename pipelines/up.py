@@ -26,7 +26,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboards.live import LiveDashboard, stream_lag
+from dashboards.live import LiveDashboard, send_body, stream_lag
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.settings import Settings
 from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS, VALIDATED
@@ -210,11 +210,7 @@ def serve_status(status: Status, host: str, port: int,
             else:
                 self.send_error(404)
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, body, ctype)
 
         def log_message(self, *args: object) -> None:
             pass

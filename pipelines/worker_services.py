@@ -122,7 +122,7 @@ def _child(name: str, stop: Any, worker_pid: int, log_level: str) -> None:
 
 def run_dashboard(stop: Any, worker_pid: int, log_level: str) -> None:
     """Entry point of the dashboard process."""
-    from dashboards.live import LiveDashboard, stream_lag
+    from dashboards.live import LiveDashboard, send_body, stream_lag
     from pipelines.up import scrape
 
     _child("dashboard", stop, worker_pid, log_level)
@@ -158,11 +158,7 @@ def run_dashboard(stop: Any, worker_pid: int, log_level: str) -> None:
             else:
                 self.send_error(404)
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, body, ctype)
 
         def log_message(self, *args: object) -> None:
             pass
