@@ -43,10 +43,13 @@ features as one base64 blob of half-precision floats). ``load_state`` restores i
 restoring and then scoring and learning the same events gives the same scores as never
 having stopped (``tests/test_agents_fraud_snapshot.py``).
 
-Memory: a pending event is one ``bytes`` (event time, score, features as float16: 140 bytes
-for 62 features) and its label context; a card is an array of 22 doubles and three small
-tuples (``agents/fraud_features.py``); an identity key one array of 8 doubles. 1,000,000
-cards, each with one pending transaction: ~1.1 GB (``python -m pipelines.bench_state``).
+Memory: a pending event is one ``bytes`` (event time, score, the dense features as float16
+and the 0/1 ones as bits: 76 bytes for 62 features; then its label context: amount, card and
+merchant ids), ~0.3 KB with its id and dict slot; a card is a row of a columnar table
+(``agents/fraud_features.py``: 22 doubles, its usual countries, devices and recent merchants),
+~0.4 KB with its key; an identity key one array of 8 doubles. 1,000,000 cards, each with one
+pending transaction: 674 MiB (``python -m pipelines.bench_state 1000000 10000``: 978 MiB RSS
+with 10,000 metric series and the interpreter).
 
 Measured (``riskstream eval fraud``, Fraud Detection Handbook, 7-day label delay, after the
 first 7 days): ROC AUC 0.891, average precision 0.714, card precision@100 0.530, ~19,000
@@ -66,11 +69,25 @@ from array import array
 from operator import itemgetter, mul, sub
 from typing import ClassVar, Protocol
 
+import numpy as np
+import orjson
 from river import anomaly, linear_model, optim, preprocessing, utils
 from river.tree.padded import PaddedBranch, PaddedLeaf
 
 from agents.features import RollingRank, calibrated, decision_of
-from agents.fraud_features import DAY_MS, TX_REASON_OF, TransactionFeatures
+from agents.fraud_features import (
+    BAND_COLS,
+    DAY_MS,
+    DENSE,
+    EPISODE_COLS,
+    EPISODE_RATE,
+    EPISODE_RATE_COLS,
+    FLAG_COLS,
+    TX_FEATURES,
+    TX_REASON_OF,
+    TransactionFeatures,
+    expand,
+)
 from agents.fraud_identity import APP_REASON_OF, ApplicationFeatures
 from agents.quality import RollingQuality
 from agents.snapshot import feature_schema_hash
@@ -138,9 +155,10 @@ class _Scorer:
         # Refolding costs ~60 dict reads: done once per REFRESH_EVERY learned examples (the
         # weights move little in a few steps) and by ``sync()``.
         self._learned_since_refresh = 0
-        # event_id -> (packed event time, score and features, *label context); the expiry
-        # queue in scoring order. ~0.5 KB a pending event (a million await their labels).
-        self._pending: dict[str, tuple] = {}
+        # event_id -> one bytes: event time, score, features (float16) and the label context
+        # (``_pack_context``); the expiry queue in scoring order. ~0.3 KB a pending event with
+        # its id (a million await their labels).
+        self._pending: dict[str, bytes] = {}
         self._expiry = _Fifo()
         self._ttl_ms = int(label_ttl_s * 1000)
         self._watermark = -(2 ** 62)
@@ -160,6 +178,36 @@ class _Scorer:
 
     def _context(self, event: dict) -> tuple:
         return ()
+
+    def _entry(self, t: int, score: float, v: list[float], event: dict) -> bytes:
+        """A pending entry: event time, score, the feature values and the label context."""
+        return self._packer.pack(t, score, *v) + self._pack_context(event)
+
+    def _values_of(self, entry: bytes) -> list[float]:
+        """The feature values of a pending entry (``feature_names`` order, as float16)."""
+        return list(self._packer.unpack_from(entry)[2:])
+
+    def _values_blob(self, entries: list[bytes]) -> bytes:
+        """The entries' feature values as one array of float16, ``feature_names`` wide (the
+        snapshot's layout)."""
+        end = self._packer.size
+        return b"".join(e[_HEAD_BYTES:end] for e in entries)
+
+    def _packed_values(self, blob: bytes, n: int) -> list[bytes]:
+        """The inverse of ``_values_blob``: each entry's values as ``_pack`` writes them."""
+        w = _VALUE_SIZE * len(self._names)
+        return [blob[i * w:(i + 1) * w] for i in range(n)]
+
+    def _pack_context(self, event: dict) -> bytes:
+        """The event's label context (``_context``) as the tail of its pending entry."""
+        return self._context_bytes(self._context(event))
+
+    def _context_bytes(self, context: tuple) -> bytes:
+        return orjson.dumps(context)  # (strings: JSON is exact and one C call)
+
+    def _context_of(self, entry: bytes) -> tuple:
+        """The label context of a pending entry (what ``_context`` gave)."""
+        return tuple(orjson.loads(entry[self._packer.size:]))
 
     def _learn_context(self, context: tuple, event_time: int, label: int,
                        known_at: int, score: float) -> None:
@@ -186,7 +234,7 @@ class _Scorer:
     def pending_time(self, event_id: str) -> int | None:
         """The event time of a scored event still awaiting its label (None otherwise)."""
         entry = self._pending.get(event_id)
-        return None if entry is None else _HEAD.unpack_from(entry[0])[0]
+        return None if entry is None else _HEAD.unpack_from(entry)[0]
 
     def features(self, event: dict) -> dict[str, float]:
         """The event's features (this updates the per-key state: call once per event)."""
@@ -227,7 +275,7 @@ class _Scorer:
         event_id = event["event_id"]
         if event_id not in self._pending:
             self._expiry.append(t, event_id)
-        self._pending[event_id] = (self._packer.pack(t, score, *v), *self._context(event))
+        self._pending[event_id] = self._entry(t, score, v, event)
         if len(self._pending) > self.max_pending:
             self._expire(None)
         return score, v, reasons
@@ -301,17 +349,17 @@ class _Scorer:
         self._learn(entry, 1 if label else 0, known_at)
         return True
 
-    def _learn(self, entry: tuple, label: int, known_at: int) -> None:
-        blob = entry[0]
+    def _learn(self, entry: bytes, label: int, known_at: int) -> None:
+        blob = entry
         t, score = _HEAD.unpack_from(blob)
         self.quality.update(score, label)
-        self._learn_context(entry[1:], t, label, known_at, score)
+        self._learn_context(self._context_of(entry), t, label, known_at, score)
         self._n_labels += 1
         if label:
             self._n_fraud += 1
         elif self._rng.random() >= self.negative_rate:
             return  # genuine events are learned at negative_rate (corrected at scoring)
-        x = dict(zip(self._names, self._packer.unpack(blob)[2:]))
+        x = dict(zip(self._names, self._values_of(blob)))
         self._scaler.learn_one(x)
         self._classifier.learn_one(self._scaler.transform_one(x), bool(label))
         self._stale = True
@@ -355,9 +403,9 @@ class _Scorer:
         clf, adam = self._classifier, self._classifier.optimizer
         det = self._detector
         pending = self._pending
-        unpack = self._packer.unpack
-        heads = [unpack(e[0])[:2] for e in pending.values()]  # (event time, score)
-        blob = b"".join(e[0][_HEAD_BYTES:] for e in pending.values())
+        heads = [_HEAD.unpack_from(e) for e in pending.values()]  # (event time, score)
+        blob = self._values_blob(list(pending.values()))
+        context_of = self._context_of
         return {
             "version": STATE_VERSION,
             "model": type(self).__name__,
@@ -380,7 +428,7 @@ class _Scorer:
                        "learned_since_refresh": self._learned_since_refresh},
             "pending": {
                 "ids": list(pending), "times": [h[0] for h in heads],
-                "contexts": [list(e[1:]) for e in pending.values()],
+                "contexts": [list(context_of(e)) for e in pending.values()],
                 "scores": [h[1] for h in heads],
                 "width": len(self._names), "byteorder": "little",
                 "value_format": _VALUE_FORMAT,
@@ -444,11 +492,16 @@ class _Scorer:
         if p.get("value_format") != _VALUE_FORMAT:
             raise ValueError("fraud scorer state: pending features of another format; delete "
                              "the snapshot to retrain from labels")
-        w = _VALUE_SIZE * p["width"]
+        if p["width"] != len(self._names) or len(blob) != (
+                _VALUE_SIZE * p["width"] * len(p["ids"])):
+            raise ValueError("fraud scorer state: pending features of another width; delete "
+                             "the snapshot to retrain from labels")
+        context_bytes = self._context_bytes
         self._pending = {
-            event_id: (_HEAD.pack(t, score) + blob[i * w:(i + 1) * w], *ctx)
-            for i, (event_id, t, ctx, score) in enumerate(
-                zip(p["ids"], p["times"], p["contexts"], p["scores"]))}
+            event_id: _HEAD.pack(t, score) + values + context_bytes(tuple(ctx))
+            for event_id, t, ctx, score, values in zip(
+                p["ids"], p["times"], p["contexts"], p["scores"],
+                self._packed_values(blob, len(p["ids"])))}
         self._expiry = _Fifo()
         for t, event_id in state["expiry"]:
             self._expiry.append(t, event_id)
@@ -465,6 +518,31 @@ _HEAD = struct.Struct("<qd")
 _HEAD_BYTES = _HEAD.size
 _VALUE_FORMAT = "e"
 _VALUE_SIZE = struct.calcsize(_VALUE_FORMAT)
+# A transaction's label context after its features: amount and the card id's length in
+# characters (then the card and merchant ids, UTF-8).
+_TX_CONTEXT = struct.Struct("<dI")
+# A transaction's values in its pending entry: DENSE and the detector's rank, then the flags.
+_TX_VALUES = np.dtype([("dense", "<f2", (len(DENSE) + 1,)), ("flags", "<u2")])
+
+
+def _tx_full(packed: np.ndarray) -> np.ndarray:
+    """The full feature vectors (float16, ``TransactionScorer.feature_names`` order) of packed
+    values (``_TX_VALUES``): ``fraud_features.expand`` for many entries at once."""
+    n = len(packed)
+    full = np.zeros((n, len(TX_FEATURES) + 1), "<f2")
+    full[:, [*DENSE, len(TX_FEATURES)]] = packed["dense"]
+    flags = packed["flags"].astype(np.int64)
+    n_bands = flags & 15
+    for j, col in enumerate(BAND_COLS):
+        full[:, col] = n_bands > j
+    episode = flags >> 4 & 15
+    for j, (col, rate_col) in enumerate(zip(EPISODE_COLS, EPISODE_RATE_COLS)):
+        on = episode == j + 1
+        full[:, col] = on
+        full[:, rate_col] = np.where(on, full[:, EPISODE_RATE], 0)
+    for bit, col in enumerate(FLAG_COLS, 8):
+        full[:, col] = flags >> bit & 1
+    return full
 
 
 class _Fifo:
@@ -602,7 +680,11 @@ class TransactionScorer(_Scorer):
         self.max_merchants = max_merchants
         self._features = TransactionFeatures(max_cards=max_cards, max_merchants=max_merchants)
         self._names = (*self._features.names, DETECTOR_FEATURE)
-        self._packer = struct.Struct(f"<qd{len(self._names)}{_VALUE_FORMAT}")
+        # a pending entry keeps the dense features and the detector's rank (float16), then
+        # the 0/1 features' flags (fraud_features.expand): 60 bytes of values, not 124
+        self._packer = struct.Struct(f"<qd{len(DENSE) + 1}{_VALUE_FORMAT}H")
+        self._dense_of = itemgetter(*DENSE, len(self._features.names))
+        self._entry_head = struct.Struct(self._packer.format + _TX_CONTEXT.format[1:])
         self._compute = self._features.compute
         n = self._features.names
         self._view_of = itemgetter(*(n.index(k) for k in (
@@ -622,8 +704,56 @@ class TransactionScorer(_Scorer):
             "velocity_1h": n1h / 3.0 if n1h < 3.0 else 1.0,
         }
 
+    def _entry(self, t: int, score: float, v: list[float], event: dict) -> bytes:
+        # one pack: head, values, flags, then the context's amount and card id length; the
+        # ids after it (``_context_bytes``)
+        card_id = event["card_id"]
+        return b"".join((self._entry_head.pack(t, score, *self._dense_of(v), self._features.flags,
+                                               float(event["amount"]), len(card_id)),
+                         (card_id + event["merchant_id"]).encode("utf-8", "surrogatepass")))
+
+    def _values_of(self, entry: bytes) -> list[float]:
+        values = self._packer.unpack_from(entry)
+        return [*expand(values[2:-2], values[-1]), values[-2]]
+
+    def _values_blob(self, entries: list[bytes]) -> bytes:
+        # as float16 (numpy, not one Python call per value: a million entries take ~0.2 s)
+        end = self._packer.size
+        packed = np.frombuffer(b"".join(e[_HEAD_BYTES:end] for e in entries), _TX_VALUES)
+        return _tx_full(packed).tobytes()
+
+    def _packed_values(self, blob: bytes, n: int) -> list[bytes]:
+        full = np.frombuffer(blob, "<f2").reshape(n, len(self._names))
+        packed = np.empty(n, _TX_VALUES)
+        n_bands = (full[:, BAND_COLS] == 1).sum(axis=1)
+        episode = full[:, EPISODE_COLS] == 1
+        flags = n_bands + np.where(episode.any(axis=1), episode.argmax(axis=1) + 1, 0) * 16
+        for bit, col in enumerate(FLAG_COLS, 8):
+            flags += (full[:, col] == 1) * (1 << bit)
+        packed["dense"] = full[:, [*DENSE, len(self._names) - 1]]
+        packed["flags"] = flags
+        # the 0/1 features must be what the flags say (they are, as written by to_state)
+        if not np.array_equal(_tx_full(packed).view("<u2"), full.view("<u2")):
+            raise ValueError("fraud scorer state: pending features that are not this "
+                             "version's; delete the snapshot to retrain from labels")
+        raw, w = packed.tobytes(), packed.itemsize
+        return [raw[i * w:(i + 1) * w] for i in range(n)]
+
     def _context(self, event: dict) -> tuple:
         return (event["card_id"], event["merchant_id"], float(event["amount"]))
+
+    def _context_bytes(self, context: tuple) -> bytes:
+        # amount, the card id's length (characters), the card and merchant ids (UTF-8): ~30
+        # bytes in the entry's bytes, where a tuple, a float and the ids' strings cost ~200 more
+        card_id, merchant_id, amount = context
+        return _TX_CONTEXT.pack(float(amount), len(card_id)) + \
+            (card_id + merchant_id).encode("utf-8", "surrogatepass")
+
+    def _context_of(self, entry: bytes) -> tuple:
+        at = self._packer.size
+        amount, n = _TX_CONTEXT.unpack_from(entry, at)
+        ids = entry[at + _TX_CONTEXT.size:].decode("utf-8", "surrogatepass")
+        return ids[:n], ids[n:], amount
 
     def _learn_context(self, context: tuple, event_time: int, label: int,
                        known_at: int, score: float) -> None:

@@ -4,8 +4,9 @@ Every window is an exponentially decayed aggregate: a count ``n`` decayed with t
 ``tau`` approximates the count over the last ``tau`` (its kernel integrates to ``tau``), and
 costs two floats and one ``exp`` per update, whatever the traffic of the key. A card or a
 merchant therefore holds a fixed number of floats, plus small bounded collections (its last
-8 countries and devices, the merchants of its last hour), never a list of its events: about
-0.5 KB a card (its numbers are one array of doubles, ``C_*`` indices).
+8 countries and devices, the merchants of its last hour), never a list of its events:
+~0.4 KB a card with its key (a row of ``CardTable``: its numbers in one flat array of doubles,
+``C_*`` indices).
 
 A merchant's fraud *episode* (known frauds no more than a week apart, in event time) gives
 its age in bands and its rate of *unexplained* fraud: each known fraud counts ``1 - score``
@@ -29,8 +30,10 @@ would have).
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from bisect import bisect_left
+from typing import NamedTuple
 
 from agents.features import BoundedDict
 
@@ -117,6 +120,47 @@ TX_REASON_OF: dict[str, str] = {
 }
 
 
+# A feature vector as the pending store keeps it: the dense features (DENSE, in order) and one
+# int of ``flags`` for the 0/1 ones, which are exact: bits 0-3 the number of amount bands set
+# (they are cumulative), bits 4-7 the merchant episode's band + 1 (0: none; the band's
+# episode rate is ``merchant_episode_rate``, the others 0), bits 8-14 the FLAG_FEATURES. 30
+# values and 2 bytes a pending event instead of 62 values.
+_AT = {name: i for i, name in enumerate(TX_FEATURES)}
+BAND_COLS = tuple(_AT[f"amount_band_{b}"] for b in AMOUNT_BANDS)
+EPISODE_COLS = tuple(_AT[f"merchant_episode_{lo}d"] for lo in (0, *EPISODE_BANDS_D))
+EPISODE_RATE_COLS = tuple(_AT[f"merchant_episode_rate_{lo}d"] for lo in (0, *EPISODE_BANDS_D))
+EPISODE_RATE = _AT["merchant_episode_rate"]
+FLAG_FEATURES = ("new_country", "new_device", "card_fraud_recent", "declined", "ecom", "night",
+                 "weekend")
+FLAG_COLS = tuple(_AT[name] for name in FLAG_FEATURES)
+DENSE = tuple(i for i in range(len(TX_FEATURES))
+              if i not in {*BAND_COLS, *EPISODE_COLS, *EPISODE_RATE_COLS, *FLAG_COLS})
+
+
+def expand(dense, flags: int) -> list[float]:
+    """The full feature vector (``TX_FEATURES`` order) of its dense values and flags."""
+    ep = flags >> 4 & 15
+    if ep:
+        episode = _EPISODE_ONES[ep - 1]
+        episode_rate = [0.0] * len(_NO_EPISODE)
+        episode_rate[ep - 1] = dense[_DENSE_RATE]
+    else:
+        episode = episode_rate = _NO_EPISODE
+    b = _BITS[flags >> 8 & 127]
+    # the layout of TX_FEATURES (checked at import)
+    return [*dense[:16], b[0], b[1], *dense[16:25], *episode, dense[25], *episode_rate,
+            *_AMOUNT_ONES[flags & 15], dense[26], b[2], dense[27], b[3], b[4], b[5], b[6]]
+
+
+_DENSE_RATE = DENSE.index(EPISODE_RATE)
+_BITS = tuple(tuple(float(code >> i & 1) for i in range(len(FLAG_FEATURES)))
+              for code in range(1 << len(FLAG_FEATURES)))
+assert DENSE == (*range(16), *range(18, 27), EPISODE_RATE, _AT["card_known_fraud"],
+                 _AT["card_fraud_x_amount_z"]) and FLAG_COLS == (16, 17, 55, *range(57, 61)) \
+    and EPISODE_COLS == tuple(range(27, 35)) and BAND_COLS == tuple(range(44, 54)), \
+    "expand() is written for this order of TX_FEATURES"
+
+
 # A card's numbers, packed in one array of doubles (times in ms are exact in a double): a
 # float object costs 24 bytes and a list slot 8 more, a double here 8. Indices:
 C_N = 0             # 5 decayed counts (CARD_TAUS_MS), then
@@ -128,30 +172,146 @@ C_A_T, C_A_N = 20, 21  # unusual amounts lately: decayed sum of (z - 2)+
 CARD_SLOTS = 22
 _NEW_CARD = array("d", [0.0] * CARD_SLOTS)
 _NEW_CARD[C_LAST_FRAUD] = -1.0
+CARD = struct.Struct(f"{CARD_SLOTS}d")  # a row of CardTable.x (native, as the array)
+CARD_BYTES = CARD.size
+_card_values = CARD.unpack_from
+_card_write = CARD.pack_into
 
 
-class CardState:
-    """What one card remembers: its numbers (``x``, indices ``C_*``: decayed windows, amount
-    profile, known fraud), its usual countries and devices (small tuples, most recent last:
-    a set costs 216 bytes even with one member) and the merchants of its last hour (a flat
-    tuple ``(merchant, time, ...)``, oldest first). ~0.5 KB a card with its key."""
+class CardTable:
+    """The cards' state in columns, one row a card (no object per card: ~0.4 KB a card with
+    its key, where an object per card with its own array of doubles cost ~0.75 KB).
 
-    __slots__ = ("countries", "devices", "recent", "x")
+    - ``index``: card id -> row (a plain dict: an ``OrderedDict`` costs ~50 bytes more a key);
+    - ``x``: one flat array of doubles, ``CARD_SLOTS`` a row (``C_*`` offsets), read and
+      written a row at a time with ``CARD`` (``struct``: no array object per card);
+    - ``countries``, ``devices``: the card's usual countries and devices, most recent last:
+      ``()``, the one value itself (a string: most cards have one device), or a tuple (most
+      cards stay in one country: its 1-tuple is shared);
+    - ``recent``: the merchants of the last hour: ``()``, one merchant (a string, its visit
+      time in ``recent_t``) or a flat tuple ``(merchant, time, ...)``, oldest first;
+    - least recently seen order in a doubly linked list over the rows (``prev``, ``next``,
+      ``head``, ``tail``): ``touch`` moves a row to the end, ``add`` past ``max_rows`` takes
+      the least recently seen card's row (the card is forgotten, the row reused).
+    """
 
-    def __init__(self, t: int) -> None:
-        x = self.x = array("d", _NEW_CARD)
-        x[C_T] = x[C_P_T] = x[C_F_T] = x[C_A_T] = t
-        self.countries: tuple[str, ...] = ()
-        self.devices: tuple[str, ...] = ()
-        self.recent: tuple = ()
+    __slots__ = ("countries", "devices", "head", "index", "keys", "max_rows", "next", "prev",
+                 "recent", "recent_t", "tail", "x")
+
+    def __init__(self, max_rows: int) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_cards: must be >= 1, got {max_rows!r}")
+        self.max_rows = max_rows
+        self.index: dict[str, int] = {}
+        self.keys: list[str] = []
+        self.x = array("d")
+        self.countries: list = []
+        self.devices: list = []
+        self.recent: list = []
+        self.recent_t = array("q")
+        self.prev = array("i")  # (-1: none)
+        self.next = array("i")
+        self.head = self.tail = -1
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, key: str, t: int) -> int:
+        """A new card's row (the least recently seen card's, past ``max_rows``), most
+        recently seen, its numbers those of a card first seen at ``t``."""
+        if len(self.index) >= self.max_rows:  # forget the least recently seen card
+            row = self.head
+            del self.index[self.keys[row]]
+            self._unlink(row)
+            self.keys[row] = key
+            self.x[row * CARD_SLOTS:(row + 1) * CARD_SLOTS] = _NEW_CARD
+            self.countries[row] = self.devices[row] = self.recent[row] = ()
+            self.recent_t[row] = 0
+        else:
+            row = len(self.keys)
+            self.keys.append(key)
+            self.x.extend(_NEW_CARD)
+            self.countries.append(())
+            self.devices.append(())
+            self.recent.append(())
+            self.recent_t.append(0)
+            self.prev.append(-1)
+            self.next.append(-1)
+        b = row * CARD_SLOTS
+        x = self.x
+        x[b + C_T] = x[b + C_P_T] = x[b + C_F_T] = x[b + C_A_T] = t
+        self.index[key] = row
+        self._append(row)
+        return row
+
+    def touch(self, row: int) -> None:
+        """The card of ``row`` was just seen: it becomes the most recently seen."""
+        if row != self.tail:
+            self._unlink(row)
+            self._append(row)
+
+    def _unlink(self, row: int) -> None:
+        p, n = self.prev[row], self.next[row]
+        if p >= 0:
+            self.next[p] = n
+        else:
+            self.head = n
+        if n >= 0:
+            self.prev[n] = p
+        else:
+            self.tail = p
+
+    def _append(self, row: int) -> None:
+        tail = self.tail
+        self.prev[row] = tail
+        self.next[row] = -1
+        if tail >= 0:
+            self.next[tail] = row
+        else:
+            self.head = row
+        self.tail = row
+
+    def rows(self):
+        """The rows, least recently seen first."""
+        row, nxt = self.head, self.next
+        while row >= 0:
+            yield row
+            row = nxt[row]
+
+    def view(self, key: str) -> CardView | None:
+        """One card's state as plain values (tests, snapshots); None when not held."""
+        row = self.index.get(key)
+        return None if row is None else self._view(row)
+
+    def _view(self, row: int) -> CardView:
+        d, r = self.devices[row], self.recent[row]
+        return CardView(self.countries[row], (d,) if d.__class__ is str else d,
+                        (r, self.recent_t[row]) if r.__class__ is str else r,
+                        self.x[row * CARD_SLOTS:(row + 1) * CARD_SLOTS].tolist())
+
+    def clear(self) -> None:
+        self.__init__(self.max_rows)
+
+
+class CardView(NamedTuple):
+    """One card's state, as ``to_state`` writes it: its usual countries and devices (most
+    recent last), the merchants of its last hour ``(merchant, time, ...)`` and its numbers
+    (``C_*`` indices)."""
+
+    countries: tuple
+    devices: tuple
+    recent: tuple
+    x: list
 
 
 class MerchantState:
     """What one merchant (terminal) remembers: decayed traffic and known-label windows."""
 
-    __slots__ = ("ep_fu", "ep_l", "ep_last", "ep_start", "l_f", "l_n", "l_t", "n", "t")
+    __slots__ = ("ep_fu", "ep_l", "ep_last", "ep_start", "key", "l_f", "l_n", "l_t", "n", "t")
+    FIELDS = ("ep_fu", "ep_l", "ep_last", "ep_start", "l_f", "l_n", "l_t", "n", "t")  # state
 
-    def __init__(self, t: int) -> None:
+    def __init__(self, t: int, key: str = "") -> None:
+        self.key = key  # the merchant id: cards' recent merchants share this string
         self.t = t
         self.n = [0.0] * len(MERCHANT_TAUS_MS)
         self.l_t = t                    # last label update (label-arrival time)
@@ -187,8 +347,9 @@ class TransactionFeatures:
         self.max_cards = max_cards
         self.max_merchants = max_merchants
         self.risk_prior = risk_prior
-        self._cards: BoundedDict[str, CardState] = BoundedDict(max_cards)
+        self._cards = CardTable(max_cards)
         self._merchants: BoundedDict[str, MerchantState] = BoundedDict(max_merchants)
+        self.flags = 0  # the last computed vector's 0/1 features, packed (``compact``)
 
     # ---------------------------------------------------------------------------- scoring
 
@@ -200,23 +361,36 @@ class TransactionFeatures:
         card_id = event["card_id"]
         merchant_id = event["merchant_id"]
         cards = self._cards
-        card = cards.get(card_id)
-        if card is None:
-            card = CardState(t)
-            cards[card_id] = card
-        else:
-            cards.move_to_end(card_id)
+        row = cards.index.get(card_id)
+        if row is None:
+            row = cards.add(card_id, t)
+        elif row != cards.tail:  # cards.touch(row), inlined: the hot path
+            prev, nxt = cards.prev, cards.next
+            p, n = prev[row], nxt[row]
+            if p >= 0:
+                nxt[p] = n
+            else:
+                cards.head = n
+            prev[n] = p  # (n >= 0: row is not the tail)
+            tail = cards.tail
+            prev[row] = tail
+            nxt[row] = -1
+            nxt[tail] = row
+            cards.tail = row
         merchants = self._merchants
         m = merchants.get(merchant_id)
         if m is None:
-            m = MerchantState(t)
+            m = MerchantState(t, merchant_id)
             merchants[merchant_id] = m
         else:
             merchants.move_to_end(merchant_id)
+            merchant_id = m.key  # one string a merchant, however many cards remember it
+        xs = cards.x
+        off = row * CARD_BYTES
 
         # --- card spending windows, decayed to now (events out of order by a little: dt=0)
         (n0, n1, n2, n3, n4, s0, s1, s2, s3, s4, c_t, p_t, p_w, p_mean, p_var, q_mean, q_var,
-         f_t, f_n, last_fraud, a_t, a_n) = card.x
+         f_t, f_n, last_fraud, a_t, a_n) = _card_values(xs, off)
         dt = t - c_t
         first = n4 == 0.0
         if dt > 0:  # unrolled: this is the hot path
@@ -262,11 +436,14 @@ class TransactionFeatures:
 
         country = event.get("country")
         device = event.get("device_id")
-        countries, devices = card.countries, card.devices
+        countries, devices = cards.countries[row], cards.devices[row]
         new_country = 1.0 if (not first and country not in countries) else 0.0
-        new_device = 1.0 if (not first and device is not None and device not in devices) \
-            else 0.0
-        recent = card.recent  # (merchant, last visit, ...), oldest first: drop the stale ones
+        # devices: (), one device (a string) or a tuple
+        known_device = device == devices if devices.__class__ is str else device in devices
+        new_device = 1.0 if (not first and device is not None and not known_device) else 0.0
+        recent = cards.recent[row]  # (merchant, last visit, ...), oldest first: drop the stale
+        if recent.__class__ is str:  # one merchant, its visit time apart
+            recent = (recent, cards.recent_t[row])
         if recent:
             horizon = t - HOUR_MS
             i = 0
@@ -298,6 +475,7 @@ class TransactionFeatures:
         risk0 = risk1 = risk2 = mf1 = mf7 = 0.0
         episode = episode_rate = _NO_EPISODE
         ep_rate = 0.0
+        ep_code = 0  # the episode's band + 1 (flags)
         l_f = m.l_f
         if l_f[2] > 0.0:
             dtl = t - m.l_t
@@ -318,14 +496,22 @@ class TransactionFeatures:
             if m.ep_last >= 0 and t - m.ep_last < 2 * EPISODE_GAP_MS:
                 age_d = (t - m.ep_start) / DAY_MS
                 band = bisect_left(EPISODE_BANDS_D, age_d + 1e-9)
+                ep_code = band + 1
                 episode = _EPISODE_ONES[band]
                 ep_rate = m.ep_fu / (m.ep_l + 1.0)
                 episode_rate = [0.0] * len(_NO_EPISODE)
                 episode_rate[band] = ep_rate
 
         channel = event.get("channel")
-        hour = (t // HOUR_MS) % 24
-        weekday = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+        declined = event.get("status", "approved") != "approved"
+        ecom = channel == "ecom" or channel == "moto"
+        night = (t // HOUR_MS) % 24 < 6
+        weekend = (t // DAY_MS + 3) % 7 >= 5  # 1970-01-01 was a Thursday: 0 = Monday
+        k_amount = bisect_left(AMOUNT_BANDS, la)
+        # the 0/1 features in one int, for the pending store (``compact``)
+        self.flags = (k_amount | ep_code << 4 | (new_country > 0.0) << 8
+                      | (new_device > 0.0) << 9 | (fraud_recent > 0.0) << 10 | declined << 11
+                      | ecom << 12 | night << 13 | weekend << 14)
         x = [
             la,
             _log1p(n0), _log1p(n1), _log1p(n2), _log1p(n3), _log1p(n4),
@@ -336,39 +522,47 @@ class TransactionFeatures:
             _log1p(mn[0]), _log1p(mn[1]), _log1p(mn[2]),
             risk0, risk1, risk2,
             mf1, mf7, *episode, ep_rate, *episode_rate,
-            *_AMOUNT_ONES[bisect_left(AMOUNT_BANDS, la)],
+            *_AMOUNT_ONES[k_amount],
             _log1p(f_now), fraud_recent,
             # a card with known fraud is suspect when it spends unusually, not otherwise
             fraud_recent * (max(0.0, zl)),
-            0.0 if event.get("status", "approved") == "approved" else 1.0,
-            1.0 if channel == "ecom" or channel == "moto" else 0.0,
-            1.0 if hour < 6 else 0.0,
-            1.0 if weekday >= 5 else 0.0,
+            1.0 if declined else 0.0,
+            1.0 if ecom else 0.0,
+            1.0 if night else 0.0,
+            1.0 if weekend else 0.0,
         ]
 
         # --- the event joins the state
         mn[0] += 1.0
         mn[1] += 1.0
         mn[2] += 1.0
-        card.x = array("d", (n0 + 1.0, n1 + 1.0, n2 + 1.0, n3 + 1.0, n4 + 1.0,
-                             s0 + amount, s1 + amount, s2 + amount, s3 + amount, s4 + amount,
-                             c_t, *_profile(p_t, p_w, p_mean, p_var, q_mean, q_var, t, la,
-                                            amount, 1.0),
-                             f_t, f_n, last_fraud, a_t, a_n))
+        _card_write(xs, off, n0 + 1.0, n1 + 1.0, n2 + 1.0, n3 + 1.0, n4 + 1.0,
+                    s0 + amount, s1 + amount, s2 + amount, s3 + amount, s4 + amount,
+                    c_t, *_profile(p_t, p_w, p_mean, p_var, q_mean, q_var, t, la, amount, 1.0),
+                    f_t, f_n, last_fraud, a_t, a_n)
         if country is not None and country not in countries:
             if countries:
-                card.countries = (*countries[-(MAX_SMALL_SET - 1):], country)
+                cards.countries[row] = (*countries[-(MAX_SMALL_SET - 1):], country)
             else:  # most cards stay in one country: one shared tuple per country
-                card.countries = _ONE_COUNTRY.get(country) or _one_country(country)
-        if device is not None and device not in devices:
-            card.devices = (*devices[-(MAX_SMALL_SET - 1):], device)
+                cards.countries[row] = _ONE_COUNTRY.get(country) or _one_country(country)
+        if device is not None and not known_device:
+            if not devices and device.__class__ is str:
+                cards.devices[row] = device  # most cards have one device: no tuple
+            elif devices.__class__ is str:
+                cards.devices[row] = (devices, device)
+            else:
+                cards.devices[row] = (*devices[-(MAX_SMALL_SET - 1):], device)
         if seen_here:
             i = recent.index(merchant_id)  # merchants sit at even indices, times are ints
             recent = recent[:i] + recent[i + 2:]
-        recent = (*recent, merchant_id, t)
-        if len(recent) > 2 * MAX_RECENT_MERCHANTS:
-            recent = recent[2:]
-        card.recent = recent
+        if recent or merchant_id.__class__ is not str:
+            recent = (*recent, merchant_id, t)
+            if len(recent) > 2 * MAX_RECENT_MERCHANTS:
+                recent = recent[2:]
+            cards.recent[row] = recent
+        else:  # one merchant: no tuple, no int object
+            cards.recent[row] = merchant_id
+            cards.recent_t[row] = t
         return x
 
     # ----------------------------------------------------------------------------- labels
@@ -409,28 +603,33 @@ class TransactionFeatures:
                 if label:
                     m.ep_fu += 1.0 - score
         if label:
-            card = self._cards.get(card_id)
-            if card is not None:
-                x = card.x
-                if known_at > x[C_F_T]:
-                    x[C_F_N] *= _exp(-(known_at - x[C_F_T]) / CARD_FRAUD_TAU_MS)
-                    x[C_F_T] = known_at
-                x[C_F_N] += 1.0
-                x[C_LAST_FRAUD] = max(x[C_LAST_FRAUD], known_at)
+            row = self._cards.index.get(card_id)
+            if row is not None:
+                x = self._cards.x
+                b = row * CARD_SLOTS
+                if known_at > x[b + C_F_T]:
+                    x[b + C_F_N] *= _exp(-(known_at - x[b + C_F_T]) / CARD_FRAUD_TAU_MS)
+                    x[b + C_F_T] = known_at
+                x[b + C_F_N] += 1.0
+                x[b + C_LAST_FRAUD] = max(x[b + C_LAST_FRAUD], known_at)
                 # weight of the fraudulent amount in the profile today
-                p_t = x[C_P_T]
+                p_t = x[b + C_P_T]
                 age = p_t - event_time
                 w = _exp(-age / PROFILE_TAU_MS) if age > 0 else 1.0
-                x[C_P_T:C_Q_VAR + 1] = array("d", _profile(
-                    *x[C_P_T:C_Q_VAR + 1], p_t, _log1p(amount), amount, -w))
+                x[b + C_P_T:b + C_Q_VAR + 1] = array("d", _profile(
+                    *x[b + C_P_T:b + C_Q_VAR + 1], p_t, _log1p(amount), amount, -w))
 
     def __len__(self) -> int:
         return len(self._cards)
 
     # -------------------------------------------------------------------------- snapshots
 
-    _CARD_FIELDS = CardState.__slots__
-    _MERCHANT_FIELDS = MerchantState.__slots__
+    _CARD_FIELDS = ("countries", "devices", "recent", "x")
+    _MERCHANT_FIELDS = MerchantState.FIELDS
+
+    def card(self, card_id: str) -> CardView | None:
+        """The state of one card (None when it is not held)."""
+        return self._cards.view(card_id)
 
     def to_state(self) -> dict:
         """JSON-able state: every card and merchant, least recently seen first.
@@ -438,15 +637,14 @@ class TransactionFeatures:
         Restoring it (``load_state``) and computing the next events gives the same features as
         never having stopped (floats survive JSON exactly).
         """
-        cards = []
-        for key, c in self._cards.items():
-            # copies: the state is serialised on another thread while the scorer goes on
-            # (the fields in __slots__ order: countries, devices, recent, x)
-            cards.append([key, [list(c.countries), list(c.devices), list(c.recent),
-                                c.x.tolist()]])
+        cards = self._cards
+        keys, view = cards.keys, cards._view
+        # copies: the state is serialised on another thread while the scorer goes on
+        # (the fields in _CARD_FIELDS order: countries, devices, recent, x)
+        card_rows = [[keys[row], [list(c) for c in view(row)]] for row in cards.rows()]
         merchants = [[key, [_copy(getattr(m, f)) for f in self._MERCHANT_FIELDS]]
                      for key, m in self._merchants.items()]
-        return {"card_fields": list(self._CARD_FIELDS), "cards": cards,
+        return {"card_fields": list(self._CARD_FIELDS), "cards": card_rows,
                 "merchant_fields": list(self._MERCHANT_FIELDS), "merchants": merchants}
 
     def load_state(self, state: dict) -> None:
@@ -455,24 +653,39 @@ class TransactionFeatures:
         Raises
         ------
         ValueError
-            The state holds other fields than this version's ``CardState`` / ``MerchantState``.
+            The state holds other fields than this version's cards / ``MerchantState``.
         """
         if (tuple(state["card_fields"]) != self._CARD_FIELDS
                 or tuple(state["merchant_fields"]) != self._MERCHANT_FIELDS):
             raise ValueError("transaction feature state: its card/merchant fields are not this "
                              "version's; discard the snapshot and let the features warm up")
-        self._cards.clear()
-        for key, (countries, devices, recent, x) in state["cards"]:
-            c = CardState.__new__(CardState)
-            c.countries, c.devices, c.recent = tuple(countries), tuple(devices), tuple(recent)
-            c.x = array("d", x)
-            self._cards[key] = c
         self._merchants.clear()
         for key, row in state["merchants"]:
             m = MerchantState.__new__(MerchantState)
+            m.key = key
             for f, v in zip(self._MERCHANT_FIELDS, row):
                 setattr(m, f, v)
             self._merchants[key] = m
+        merchants = self._merchants
+        cards = self._cards
+        cards.clear()
+        for key, (countries, devices, recent, x) in state["cards"]:
+            row = cards.add(key, 0)
+            if len(x) != CARD_SLOTS:
+                raise ValueError(f"transaction feature state: card {key!r} has {len(x)} "
+                                 f"numbers, not {CARD_SLOTS}; discard the snapshot")
+            cards.x[row * CARD_SLOTS:(row + 1) * CARD_SLOTS] = array("d", x)
+            cards.countries[row] = (_ONE_COUNTRY.get(countries[0]) or _one_country(countries[0])
+                                    if len(countries) == 1 else tuple(countries))
+            cards.devices[row] = (devices[0] if len(devices) == 1 and devices[0].__class__ is str
+                                  else tuple(devices))
+            # the merchants' own strings, as when the events came
+            recent = tuple(merchants[v].key if i % 2 == 0 and v in merchants else v
+                           for i, v in enumerate(recent))
+            if len(recent) == 2 and recent[0].__class__ is str:
+                cards.recent[row], cards.recent_t[row] = recent
+            else:
+                cards.recent[row] = recent
 
 
 _ONE_COUNTRY: dict[str, tuple[str]] = {}

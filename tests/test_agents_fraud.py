@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import random
+import struct
 
+import orjson
 import pytest
 
 from agents.fraud import ApplicationScorer, TransactionScorer
-from agents.fraud_features import DAY_MS, HOUR_MS, MINUTE_MS, TransactionFeatures
+from agents.fraud_features import (
+    BAND_COLS,
+    C_LAST_FRAUD,
+    C_N,
+    CARD_SLOTS,
+    DAY_MS,
+    DENSE,
+    EPISODE_COLS,
+    EPISODE_RATE,
+    EPISODE_RATE_COLS,
+    HOUR_MS,
+    MINUTE_MS,
+    TransactionFeatures,
+    expand,
+)
 from agents.fraud_identity import ApplicationFeatures
 
 T0 = 1_790_000_000_000  # a fixed event time (ms), 2026-09
@@ -103,12 +120,13 @@ def test_per_key_state_is_bounded():
     f = TransactionFeatures(max_cards=100, max_merchants=50)
     for i in range(1_000):
         f.compute(txn(i, card_id=f"c{i}", merchant_id=f"m{i}", device_id=f"d{i}"))
-    assert len(f._cards) == 100 and len(f._merchants) == 50
+    assert len(f) == 100 and len(f._merchants) == 50
+    assert f.card("c899") is None and f.card("c900") is not None  # the least recent forgotten
     f = TransactionFeatures()
     for i in range(200):  # one card, many devices, countries and merchants within the hour
         f.compute(txn(i, t=T0 + i * 1000, device_id=f"d{i}", merchant_id=f"m{i}",
                       country=("FR", "DE", "IT", "ES", "BE", "NL", "PT", "AT", "PL", "SE")[i % 10]))
-    card = f._cards["c1"]
+    card = f.card("c1")
     assert len(card.devices) <= 8 and len(card.countries) <= 8 and len(card.recent[::2]) <= 32
 
 
@@ -290,25 +308,59 @@ def test_one_walk_scores_and_learns_like_rivers_half_space_trees():
 
 def test_a_pending_event_is_one_packed_blob_and_its_label_context():
     scorer = TransactionScorer(seed=1, label_ttl_s=3_600)
-    for i in range(5):
-        scorer.score_record(txn(i, t=T0 + i * 1000), T0)
+    vectors = [scorer.score_one(txn(i, t=T0 + i * 1000, amount=60.0 + 200 * i,
+                                    channel="ecom"))[1] for i in range(5)]
     entry = scorer._pending["t3"]
-    # event time and score (16 bytes), then the features as float16: no per-value objects
-    assert isinstance(entry[0], bytes) and len(entry[0]) == 16 + 2 * len(scorer.feature_names)
-    assert entry[1:] == ("c1", "m1", 20.0)
+    # event time and score (16 bytes), the dense features and the detector's rank as
+    # float16, the 0/1 features as the bits of 2 bytes, then the label context (amount, the
+    # card id's length, the ids): one bytes object, no per-value objects
+    assert isinstance(entry, bytes)
+    assert len(entry) == 16 + 2 * (len(DENSE) + 1) + 2 + 12 + len("c1m1")
+    assert scorer._context_of(entry) == ("c1", "m1", 660.0)
+    assert scorer.pending_time("t3") == T0 + 3000
+    # the full vector comes back, as float16: amount bands and indicators exactly
+    n = len(vectors[3])
+    assert scorer._values_of(entry) == list(struct.unpack(f"<{n}e",
+                                                          struct.pack(f"<{n}e", *vectors[3])))
+    x = dict(zip(scorer.feature_names, scorer._values_of(entry)))
+    assert x["ecom"] == 1.0 and x["amount_band_6.25"] == 1.0 and x["declined"] == 0.0
     assert list(scorer._expiry) == [(T0 + i * 1000, f"t{i}") for i in range(5)]
     scorer.score_record(txn(9, t=T0 + 2 * HOUR_MS), T0)  # the TTL passes: all 5 learned
     assert len(scorer._expiry) == 1 and scorer.stats()["expired_as_genuine"] == 5
+
+
+def test_pending_values_keep_merchant_episodes_and_survive_a_snapshot_exactly():
+    f = TransactionFeatures()
+    x = [0.0] * len(f.names)
+    for col in (*BAND_COLS[:4], EPISODE_COLS[2]):
+        x[col] = 1.0
+    x[EPISODE_RATE] = x[EPISODE_RATE_COLS[2]] = 0.375
+    dense = [x[i] for i in DENSE]
+    assert expand(dense, 4 | 3 << 4) == x
+    # a vector the flags cannot say (an indicator that is not 0/1) is refused at load
+    scorer = TransactionScorer(seed=1)
+    for i in range(3):
+        scorer.score_record(txn(i), T0)
+    state = scorer.to_state()
+    restored = TransactionScorer(seed=1)
+    restored.load_state(orjson.loads(orjson.dumps(state)))
+    assert restored._pending == scorer._pending
+    width = len(scorer.feature_names)
+    values = bytearray(base64.b64decode(state["pending"]["values"]))
+    struct.pack_into("<e", values, 2 * (width + BAND_COLS[0]), 0.5)
+    state["pending"]["values"] = base64.b64encode(bytes(values)).decode()
+    with pytest.raises(ValueError, match="pending features"):
+        TransactionScorer(seed=1).load_state(state)
 
 
 def test_cards_of_one_country_share_its_tuple():
     f = TransactionFeatures()
     for i in range(3):
         f.compute(txn(i, card_id=f"c{i}", country="PT"))
-    c0, c1 = f._cards["c0"], f._cards["c1"]
+    c0, c1 = f.card("c0"), f.card("c1")
     assert c0.countries == ("PT",) and c0.countries is c1.countries
     f.compute(txn(9, card_id="c0", country="ES"))  # a second country: the card's own tuple
-    assert c0.countries == ("PT", "ES") and c1.countries == ("PT",)
+    assert f.card("c0").countries == ("PT", "ES") and f.card("c1").countries == ("PT",)
 
 
 def test_an_applications_label_context_is_the_keys_its_features_used():
@@ -330,3 +382,36 @@ def test_an_evicted_identity_forgets_its_names():
     assert "ssn:ssn0" not in f._keys and "ssn:ssn0" not in f._seen
     x = dict(zip(f.names, f.compute(app(9, ssn_hash="ssn0", name_hash="third"))))
     assert x["ssn_names"] == 0.0 and x["ssn_n_30d"] == 0.0  # as a new SSN
+
+
+def test_the_card_table_forgets_the_least_recently_seen_card_and_reuses_its_row():
+    f = TransactionFeatures(max_cards=3)
+    for i, card in enumerate(("c0", "c1", "c2", "c0", "c3")):  # c0 seen again: c1 goes
+        f.compute(txn(i, card_id=card, device_id=f"d{card}"))
+    table = f._cards
+    assert [table.keys[r] for r in table.rows()] == ["c2", "c0", "c3"]
+    assert f.card("c1") is None and len(table.x) == 3 * CARD_SLOTS  # c3 took c1's row
+    assert table.index["c3"] == 1
+    c3 = f.card("c3")  # a card new in a reused row: nothing of the forgotten card
+    assert c3.devices == ("dc3",) and c3.recent == ("m1", T0 + 4 * 60_000)
+    assert c3.x[C_N] == 1.0 and c3.x[C_LAST_FRAUD] == -1.0
+    # one device / one recent merchant are held as the string itself, more as a tuple
+    f.compute(txn(5, card_id="c3", device_id="dx", merchant_id="m2"))
+    c3 = f.card("c3")
+    assert c3.devices == ("dc3", "dx") and c3.recent == ("m1", T0 + 4 * 60_000, "m2",
+                                                          T0 + 5 * 60_000)
+    # a snapshot restores the order, the rows and the values; eviction resumes as it would have
+    g = TransactionFeatures(max_cards=3)
+    g.load_state(orjson.loads(orjson.dumps(f.to_state())))
+    assert g.to_state() == f.to_state()
+    for h in (f, g):
+        h.compute(txn(6, card_id="c9"))
+    assert f.card("c2") is None and g.card("c2") is None and g.to_state() == f.to_state()
+    assert f.compute(txn(7, card_id="c3")) == g.compute(txn(7, card_id="c3"))
+
+
+def test_a_merchant_id_is_one_string_however_many_cards_remember_it():
+    f = TransactionFeatures()
+    for i in range(3):
+        f.compute(txn(i, card_id=f"c{i}", merchant_id=f"m{i - i + 7}"))  # new strings
+    assert f.card("c1").recent[0] is f.card("c2").recent[0]
