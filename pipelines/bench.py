@@ -33,10 +33,19 @@ from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.kafka import producer_config
 from pipelines.settings import Settings
 from pipelines.simulator import SimConfig, Simulator
-from pipelines.topics import INPUT_TOPICS, METRIC_SAMPLES, SCORED_APPLICATIONS, SCORED_TRANSACTIONS
+from pipelines.topics import (
+    APPLICATIONS,
+    INPUT_TOPICS,
+    METRIC_SAMPLES,
+    SCORED_APPLICATIONS,
+    SCORED_TRANSACTIONS,
+    SYSTEM_METRICS,
+    TRANSACTIONS,
+)
 from pipelines.up import Child, scrape, total
 
 SCORED_TOPICS = (SCORED_TRANSACTIONS, SCORED_APPLICATIONS, METRIC_SAMPLES)
+SCORED_INPUTS = (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS)  # the inputs of SCORED_TOPICS
 
 
 def _say(text: str) -> None:
@@ -190,14 +199,14 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         # Latency at half load (or the load asked for), events timestamped when produced.
         rate = load_eps or eps / 2
         _say(f"  latency at {rate:,.0f} events/s for {load_s:.0f} s")
-        scored_ms, lake_ms, send_lag_ms = latency(bootstrap, rate, load_s,
-                                                  Path(env["RISKSTREAM_LAKE_PATH"]))
+        scored_ms, lake_ms, send_lag_ms, offered = latency(bootstrap, rate, load_s,
+                                                           Path(env["RISKSTREAM_LAKE_PATH"]))
         rss = {"worker": _proc_peak_rss_mb(worker.process.pid),
                "gateway": sum(_proc_peak_rss_mb(c) for c in _children(worker.process.pid)),
                "sink": _proc_peak_rss_mb(sink.process.pid)}
         return {"pipeline_eps": eps, "cpu_s_per_1000_events": cpu_per_1000,
                 "latency_ms": _percentiles(scored_ms), "latency_to_lake_ms": _percentiles(lake_ms),
-                "load_send_lag_ms": _percentiles(send_lag_ms),
+                "load_send_lag_ms": _percentiles(send_lag_ms), "load_offered": offered,
                 "offered_load_eps": rate, "rss_mb": rss}
     finally:
         worker.stop()
@@ -205,9 +214,10 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
 
 
 def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
-            ) -> tuple[list[float], list[float], list[float]]:
+            ) -> tuple[list[float], list[float], list[float], int]:
     """Offer ``rate_eps`` for ``load_s``; return event-to-scored and event-to-lake latencies,
-    and how late the generator sent each event.
+    how late the generator sent each event, and how many events were offered on the streams
+    that are scored (malformed and duplicate ones among them are rejected, not scored).
 
     Each event is sent when the wall clock reaches its event time, after the measuring
     consumer has joined: the latency is from the moment an event exists to the moment its
@@ -252,11 +262,18 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
         producer.poll(0)
         send_lag.append(time.time() * 1000 - t)
     producer.flush(30)
-    time.sleep(3.0)  # the tail of the load reaches the outputs (bounded, then we stop reading)
+    # The tail of the load: read until nothing new arrives for 3 s (at most 120 s), so the
+    # slowest events are measured rather than left out.
+    deadline, seen, quiet_since = time.monotonic() + 120, -1, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 3.0:
+        if len(scored) != seen:
+            seen, quiet_since = len(scored), time.monotonic()
+        time.sleep(0.1)
     stop.set()
     reader.join(5)
     consumer.close()
-    return scored, _lake_latencies(lake, load_start_ms), send_lag
+    offered = sum(1 for topic, *_ in load if topic in SCORED_INPUTS)
+    return scored, _lake_latencies(lake, load_start_ms), send_lag, offered
 
 
 def _shift(messages: list[tuple[str, bytes, bytes, int]], delta_ms: int
@@ -344,7 +361,8 @@ def report(r: dict) -> str:
         f"(4)/(2) = {r['ratio_pipeline_to_ceiling']:.3f}"),
         f"  CPU: {r['cpu_s_per_1000_events']:.3f} s per 1,000 events (worker, its gateway, sink)",
         (f"  latency at {r['offered_load_eps']:,.0f} events/s, event time to scored output: "
-        f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,})"),
+        f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,} of "
+        f"{r['load_offered']:,} offered)"),
         f"  latency to the lake: p50 {lake['p50']} ms, p95 {lake['p95']} ms, p99 {lake['p99']} ms",
         (f"  (the load generator sent events late by p50 {r['load_send_lag_ms']['p50']} ms, "
         f"p99 {r['load_send_lag_ms']['p99']} ms: part of the latencies above)"),

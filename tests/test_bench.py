@@ -33,7 +33,7 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
         [sys.executable, "-m", "pipelines.cli", "bench", "--events", "4000",
          "--load-seconds", "2", "--load-eps", "400", "--json", str(out)],
         cwd=tmp_path, env={**env, "PYTHONPATH": os.pathsep.join(sys.path)},
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(out.read_text())
     for key in ("ceiling_eps", "faust_count_eps", "pipeline_eps", "produce_eps",
@@ -45,6 +45,7 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     assert r["latency_ms"]["n"] > 0
     assert {"p50", "p95", "p99"} <= set(r["latency_ms"])
     assert r["load_send_lag_ms"]["n"] == 800
+    assert 0 < r["latency_ms"]["n"] <= r["load_offered"] <= 800
     assert set(r["rss_mb"]) == {"worker", "gateway", "sink"}
     assert all(mb > 0 for mb in r["rss_mb"].values())
     assert "(4)/(3)" in run.stdout and "latency at 400 events/s" in run.stdout
