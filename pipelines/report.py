@@ -120,10 +120,10 @@ class LakeSource:
 class ServerSource:
     """The same SQL on a ClickHouse server (the warehouse), with ``final = 1``."""
 
-    def __init__(self, url: str, database: str = "riskstream") -> None:
+    def __init__(self, url: str, database: str = "riskstream", **client_args: Any) -> None:
         from sinks.warehouse import ServerTarget, _redact
 
-        self._target = ServerTarget(url, database)
+        self._target = ServerTarget(url, database, **client_args)
         self.name = f"ClickHouse {_redact(url)} (database {self._target.database})"
 
     def rows(self, sql: str) -> list[dict]:
@@ -1253,8 +1253,13 @@ def run_report(args, settings) -> int:
     horizon_s = parse_duration_s(args.horizon)
     every_s = parse_duration_s(args.every) if args.every else None
     url = args.clickhouse
-    source = (ServerSource(url, settings.clickhouse.database) if url
-              else LakeSource(Path(args.lake) if args.lake else settings.lake.path))
+    if url:
+        from sinks.warehouse import server_args
+
+        source = ServerSource(url, settings.clickhouse.database,
+                              **server_args(settings.clickhouse))
+    else:
+        source = LakeSource(Path(args.lake) if args.lake else settings.lake.path)
     out_dir = Path(args.out)
     stop = threading.Event()
     if every_s:

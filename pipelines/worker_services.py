@@ -195,8 +195,10 @@ def run_reports(stop: Any, worker_pid: int, log_level: str) -> None:
     horizon_s = parse_duration_s(service.report_horizon)
     out_dir = Path(service.report_dir)
     if service.report_source == "clickhouse":
+        from sinks.warehouse import server_args
+
         source = ServerSource(settings.clickhouse.url.get_secret_value(),
-                              settings.clickhouse.database)
+                              settings.clickhouse.database, **server_args(settings.clickhouse))
     else:
         source = LakeSource(settings.lake.path)
     log.info("a report every %s into %s (source: %s)", service.report_every,

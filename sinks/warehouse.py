@@ -280,12 +280,17 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def server_args(settings: ClickHouseSettings) -> dict[str, Any]:
+    """clickhouse-connect arguments from the settings beyond the URL: the password."""
+    return {"password": settings.password.get_secret_value()} if settings.password else {}
+
+
 def open_target(settings: ClickHouseSettings, url: str | None = None) -> Target:
     """Return the server at ``url``, else at ``settings.url``, else chDB at ``settings.path``."""
     if url is None and settings.url is not None:
         url = settings.url.get_secret_value()
     if url:
-        return ServerTarget(url, settings.database)
+        return ServerTarget(url, settings.database, **server_args(settings))
     return ChdbTarget(settings.path, settings.database)
 
 

@@ -83,6 +83,8 @@ def test_the_warehouse_gets_its_schema_then_its_loader(compose):
     assert load["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     for service in (migrate, load):
         url = service["environment"]["RISKSTREAM_CLICKHOUSE_URL"]
-        assert "@clickhouse:8123" in url and "${CLICKHOUSE_PASSWORD" in url
+        assert url == "http://riskstream@clickhouse:8123"  # the password on its own:
+        assert service["environment"]["RISKSTREAM_CLICKHOUSE_PASSWORD"] == (
+            services["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"])  # no URL encoding
         assert service["environment"]["RISKSTREAM_CLICKHOUSE_DATABASE"] == (
             services["clickhouse"]["environment"]["CLICKHOUSE_DB"])
