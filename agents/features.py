@@ -66,16 +66,15 @@ class RollingRank:
         self._fifo: deque[float] = deque()
 
     def update(self, x: float) -> float:
-        below = bisect.bisect_left(self._sorted, x)
-        equal = bisect.bisect_right(self._sorted, x) - below
-        n = len(self._sorted)
+        s, fifo = self._sorted, self._fifo
+        below = bisect.bisect_left(s, x)
+        equal = bisect.bisect_right(s, x, below) - below
         # mid-rank of x among the window including itself
-        rank = (below + 0.5 * (equal + 1)) / (n + 1)
-        bisect.insort(self._sorted, x)
-        self._fifo.append(x)
-        if len(self._fifo) > self.window:
-            old = self._fifo.popleft()
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
+        rank = (below + 0.5 * (equal + 1)) / (len(s) + 1)
+        s.insert(below, x)  # (before its equals: the same values in the same order)
+        fifo.append(x)
+        if len(fifo) > self.window:
+            del s[bisect.bisect_left(s, fifo.popleft())]
         return rank
 
 

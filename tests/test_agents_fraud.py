@@ -23,6 +23,7 @@ from agents.fraud_features import (
     EPISODE_RATE_COLS,
     HOUR_MS,
     MINUTE_MS,
+    CardTable,
     TransactionFeatures,
     expand,
 )
@@ -408,6 +409,28 @@ def test_the_card_table_forgets_the_least_recently_seen_card_and_reuses_its_row(
         h.compute(txn(6, card_id="c9"))
     assert f.card("c2") is None and g.card("c2") is None and g.to_state() == f.to_state()
     assert f.compute(txn(7, card_id="c3")) == g.compute(txn(7, card_id="c3"))
+
+
+def test_a_large_card_table_forgets_its_least_recently_seen_cards_in_bulk():
+    table = CardTable(300)  # forgets 1 % at a time: 3 cards
+    assert table.evict_n == 3
+    for i in range(300):
+        table.add(f"c{i}", i)
+    for key in ("c0", "c2", "c4"):  # seen again: c1, c3, c5 are now the least recently seen
+        table.touch(table.index[key])
+    rows = table.rows()
+    assert [table.keys[r] for r in rows[:4]] == ["c1", "c3", "c5", "c6"]
+    assert [table.keys[r] for r in rows[-3:]] == ["c0", "c2", "c4"]
+    table.add("new0", 300)  # full: c1, c3 and c5 go at once, their rows are reused
+    assert {"c1", "c3", "c5"}.isdisjoint(table.index) and len(table) == 298
+    assert table.index["new0"] == 1  # the lowest free row first
+    table.add("new1", 301)
+    table.add("new2", 302)  # two more new cards take the two other rows: none forgotten
+    assert len(table) == 300 and len(table.keys) == 300 and {"c6", "c0"} <= set(table.index)
+    assert sorted(table.index[k] for k in ("new0", "new1", "new2")) == [1, 3, 5]
+    assert [table.keys[r] for r in table.rows()[-4:]] == ["c4", "new0", "new1", "new2"]
+    table.add("new3", 303)  # full again: the next three least recently seen go
+    assert {"c6", "c7", "c8"}.isdisjoint(table.index) and "c9" in table.index
 
 
 def test_a_merchant_id_is_one_string_however_many_cards_remember_it():
