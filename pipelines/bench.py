@@ -43,6 +43,7 @@ from pipelines.topics import (
     TRANSACTIONS,
 )
 from pipelines.up import Child, scrape, total
+from schemas.common import parse_event_time
 
 SCORED_TOPICS = (SCORED_TRANSACTIONS, SCORED_APPLICATIONS, METRIC_SAMPLES)
 SCORED_INPUTS = (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS)  # the inputs of SCORED_TOPICS
@@ -170,7 +171,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         # (4) the backlog: from the first event the gateway reads to the last one scored.
         first = done = None
         cpu0: dict[int, float] = {}
-        deadline = time.monotonic() + 600
+        deadline, said_at = time.monotonic() + 600, 0.0
         while time.monotonic() < deadline:
             w = scrape(worker.metrics_port)
             read = total(w, "riskstream_events_in_total")
@@ -183,7 +184,8 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
             if first and read >= n and handled >= n:
                 done = time.perf_counter()
                 break
-            if first:
+            if first and time.monotonic() >= said_at + 1.0:  # progress once a second
+                said_at = time.monotonic()
                 _say(f"  pipeline: {read:,}/{n:,} read, {handled:,} handled")
             # Polled often before the first event so that the start is not missed by much.
             time.sleep(0.2 if first else 0.05)
@@ -278,10 +280,19 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
 
 def _shift(messages: list[tuple[str, bytes, bytes, int]], delta_ms: int
            ) -> Iterator[tuple[str, bytes, bytes, int]]:
-    """The messages with their event time moved by ``delta_ms`` (a byte edit, no re-encoding)."""
+    """The messages with their event time moved by ``delta_ms``: a byte edit of an integer
+    time; a message whose time is an ISO-8601 string (the simulator sends some) is decoded and
+    encoded again with the moved time in ms; a malformed one is left as it is."""
     for topic, key, value, t in messages:
-        value = value.replace(b'"event_time":%d' % t, b'"event_time":%d' % (t + delta_ms), 1)
-        yield topic, key, value, t + delta_ms
+        moved = value.replace(b'"event_time":%d' % t, b'"event_time":%d' % (t + delta_ms), 1)
+        if moved is value or moved == value:
+            try:
+                event = orjson.loads(value)
+                event["event_time"] = parse_event_time(event["event_time"]) + delta_ms
+                moved = orjson.dumps(event)
+            except (ValueError, TypeError, KeyError):  # malformed on purpose: rejected anyway
+                moved = value
+        yield topic, key, moved, t + delta_ms
 
 
 def _lake_latencies(lake: Path, since_ms: int) -> list[float]:

@@ -13,8 +13,19 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from pipelines.bench import _shift
+
+
+def test_shift_moves_an_iso_event_time_too() -> None:
+    value = orjson.dumps({"event_id": "t-1", "event_time": "2026-11-24T10:00:00Z", "amount": 5.0})
+    [(_, _, moved, t)] = _shift([("transactions", b"k", value, 1_795_514_400_000)], 250)
+    assert t == 1_795_514_400_250
+    assert orjson.loads(moved) == {"event_id": "t-1", "event_time": 1_795_514_400_250,
+                                   "amount": 5.0}
+    [(_, _, same, _)] = _shift([("transactions", b"k", b"{not json", 1)], 250)
+    assert same == b"{not json"
 
 
 def test_shift_moves_only_the_event_time() -> None:
@@ -26,6 +37,7 @@ def test_shift_moves_only_the_event_time() -> None:
                                    "labelled_event_time": 1_790_000_000_123, "amount": 5.0}
 
 
+@pytest.mark.integration
 def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSTREAM_")}
