@@ -118,13 +118,14 @@ class LakeSource:
 
 
 class ServerSource:
-    """The same SQL on a ClickHouse server (the warehouse), with ``final = 1``."""
+    """The same SQL on a ClickHouse server (the warehouse), with ``final = 1``: ``target`` is
+    a target of sinks/warehouse.py (``open_target``)."""
 
-    def __init__(self, url: str, database: str = "riskstream", **client_args: Any) -> None:
-        from sinks.warehouse import ServerTarget, _redact
+    def __init__(self, target: Any, name: str) -> None:
+        self._target, self.name = target, name
 
-        self._target = ServerTarget(url, database, **client_args)
-        self.name = f"ClickHouse {_redact(url)} (database {self._target.database})"
+    def refresh(self) -> None:
+        """Nothing to do: a server always answers with what it holds now."""
 
     def rows(self, sql: str) -> list[dict]:
         from sinks.warehouse import QUERY_SETTINGS
@@ -133,6 +134,17 @@ class ServerSource:
 
     def close(self) -> None:
         self._target.close()
+
+
+def open_source(settings, *, url: str | None = None, lake: str | Path | None = None):
+    """The ClickHouse server at ``url`` (with ``RISKSTREAM_CLICKHOUSE_PASSWORD`` when the URL
+    has none), or chDB over the lake (``lake``, default ``RISKSTREAM_LAKE_PATH``)."""
+    if url:
+        from sinks.warehouse import _redact, open_target
+
+        target = open_target(settings.clickhouse, url)
+        return ServerSource(target, f"ClickHouse {_redact(url)} (database {target.database})")
+    return LakeSource(Path(lake) if lake else settings.lake.path)
 
 
 @dataclass(frozen=True)
@@ -322,9 +334,7 @@ def collect(source, *, since_s: int, horizon_s: int, now_ms: int | None = None,
             progress: Progress | None = _stderr_progress) -> dict:
     """Query everything the report shows; return it as JSON-ready data."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    refresh = getattr(source, "refresh", None)
-    if refresh is not None:  # the lake as it is now (a scheduled report reuses its source)
-        refresh()
+    source.refresh()  # the lake as it is now (a scheduled report reuses its source)
     period = period_for(since_s, now_ms)
     previous = period.previous
     horizon_steps = max(1, math.ceil(horizon_s / period.step_s))
@@ -1248,41 +1258,63 @@ def write_report(source, out_dir: Path, *, since_s: int, horizon_s: int,
     return paths[0], paths[1]
 
 
+def report_loop(open_source: Callable[[], Any], out_dir: Path, *, since_s: int, horizon_s: int,
+                every_s: float | None, stop: threading.Event,
+                written: Callable[[Path, Path, float], None],
+                failed: Callable[[Exception], None],
+                progress: Progress | None = _stderr_progress) -> None:
+    """Write a report now and, with ``every_s``, again every ``every_s`` until ``stop``.
+
+    The next report starts ``every_s`` after the last one started (a slow report does not
+    drift the schedule; one longer than ``every_s`` runs back to back). On a schedule a failed
+    report (or a source that cannot be opened yet: a server still starting) is passed to
+    ``failed`` and the next one runs on time; a single report's failure raises.
+    """
+    source = None
+    try:
+        while True:
+            t0 = time.monotonic()
+            try:
+                if source is None:
+                    source = open_source()
+                html_path, json_path = write_report(source, out_dir, since_s=since_s,
+                                                    horizon_s=horizon_s, progress=progress)
+                written(html_path, json_path, time.monotonic() - t0)
+            except Exception as exc:  # on a schedule: reported, and the next one runs on time
+                if not every_s:
+                    raise
+                failed(exc)
+            if not every_s or stop.wait(max(0.0, every_s - (time.monotonic() - t0))):
+                return
+    finally:
+        if source is not None:
+            source.close()
+
+
 def run_report(args, settings) -> int:
     since_s = parse_duration_s(args.since)
     horizon_s = parse_duration_s(args.horizon)
     every_s = parse_duration_s(args.every) if args.every else None
-    url = args.clickhouse
-    if url:
-        from sinks.warehouse import server_args
-
-        source = ServerSource(url, settings.clickhouse.database,
-                              **server_args(settings.clickhouse))
-    else:
-        source = LakeSource(Path(args.lake) if args.lake else settings.lake.path)
     out_dir = Path(args.out)
     stop = threading.Event()
     if every_s:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    try:
-        while True:
-            t0 = time.monotonic()
-            html_path, json_path = write_report(source, out_dir, since_s=since_s,
-                                                horizon_s=horizon_s)
-            print(f"report: {html_path}\nreport: {json_path}\n"
-                  f"report: latest at {out_dir / 'latest.html'} "
-                  f"({time.monotonic() - t0:.1f} s)", flush=True)
-            if not every_s:
-                return 0
-            # The next report starts `every` after this one started (a slow report does not
-            # drift the schedule; one that takes longer than `every` runs back to back).
-            wait = max(0.0, every_s - (time.monotonic() - t0))
-            print(f"report: next in {wait:.0f} s (Ctrl-C stops)", flush=True)
-            if stop.wait(wait):
-                return 0
-    finally:
-        source.close()
+
+    def written(html_path: Path, json_path: Path, seconds: float) -> None:
+        print(f"report: {html_path}\nreport: {json_path}\n"
+              f"report: latest at {out_dir / 'latest.html'} ({seconds:.1f} s)", flush=True)
+        if every_s:
+            print(f"report: next in {max(0.0, every_s - seconds):.0f} s (Ctrl-C stops)",
+                  flush=True)
+
+    def failed(exc: Exception) -> None:
+        print(f"report: failed: {exc}; the next one runs on time", file=sys.stderr, flush=True)
+
+    report_loop(lambda: open_source(settings, url=args.clickhouse, lake=args.lake), out_dir,
+                since_s=since_s, horizon_s=horizon_s, every_s=every_s, stop=stop,
+                written=written, failed=failed)
+    return 0
 
 
 def register(sub) -> None:

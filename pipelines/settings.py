@@ -95,8 +95,8 @@ class ClickHouseSettings(BaseSettings):
     # http(s)://user:password@host:8123/ of a server; None: the embedded chDB database at
     # `path` (a directory that one process at a time can open). May hold a password.
     url: SecretStr | None = None
-    # The server's password, when set: it wins over one in `url` and needs no URL encoding
-    # (a password in `url` must be percent-encoded if it holds @, :, / or %).
+    # The server's password when the URL has none; it needs no URL encoding (a password in a
+    # URL must be percent-encoded if it holds @, :, / or %).
     password: SecretStr | None = None
     path: Path = Path("var/warehouse")
     database: str = Field("riskstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -185,37 +185,24 @@ def run_dashboard(stop: Any, worker_pid: int, log_level: str) -> None:
 
 def run_reports(stop: Any, worker_pid: int, log_level: str) -> None:
     """Entry point of the report process: a report every ``RISKSTREAM_REPORT_EVERY``."""
-    from pipelines.report import LakeSource, ServerSource, parse_duration_s, write_report
+    from pipelines.report import open_source, parse_duration_s, report_loop
 
     _child("report", stop, worker_pid, log_level)
     settings = Settings()
     service = settings.service
-    every_s = parse_duration_s(service.report_every)
-    since_s = parse_duration_s(service.report_since)
-    horizon_s = parse_duration_s(service.report_horizon)
     out_dir = Path(service.report_dir)
-    if service.report_source == "clickhouse":
-        from sinks.warehouse import server_args
-
-        source = ServerSource(settings.clickhouse.url.get_secret_value(),
-                              settings.clickhouse.database, **server_args(settings.clickhouse))
-    else:
-        source = LakeSource(settings.lake.path)
+    url = (settings.clickhouse.url.get_secret_value()
+           if service.report_source == "clickhouse" else None)
     log.info("a report every %s into %s (source: %s)", service.report_every,
-             out_dir.resolve(), source.name)
-    try:
-        while not stop.is_set():
-            t0 = time.monotonic()
-            try:
-                html_path, _ = write_report(source, out_dir, since_s=since_s,
-                                            horizon_s=horizon_s, progress=log.debug)
-                log.info("report written: %s (%.1f s)", html_path, time.monotonic() - t0)
-            except Exception as exc:  # the next one runs on time
-                log.error("report failed: %s", exc)
-            # The next report starts `every` after this one started.
-            stop.wait(max(0.0, every_s - (time.monotonic() - t0)))
-    finally:
-        source.close()
+             out_dir.resolve(), "the warehouse" if url else "the lake")
+    report_loop(
+        lambda: open_source(settings, url=url), out_dir,
+        since_s=parse_duration_s(service.report_since),
+        horizon_s=parse_duration_s(service.report_horizon),
+        every_s=parse_duration_s(service.report_every), stop=stop,
+        written=lambda html_path, _, seconds: log.info("report written: %s (%.1f s)",
+                                                       html_path, seconds),
+        failed=lambda exc: log.error("report failed: %s", exc), progress=log.debug)
 
 
 _TARGETS = {"dashboard": run_dashboard, "report": run_reports}

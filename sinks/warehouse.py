@@ -280,9 +280,14 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def server_args(settings: ClickHouseSettings) -> dict[str, Any]:
-    """clickhouse-connect arguments from the settings beyond the URL: the password."""
-    return {"password": settings.password.get_secret_value()} if settings.password else {}
+def server_args(settings: ClickHouseSettings, url: str) -> dict[str, Any]:
+    """clickhouse-connect arguments from the settings beyond ``url``: the password, unless the
+    URL has one (a URL given on the command line says what it means)."""
+    from urllib.parse import urlsplit
+
+    if settings.password is None or urlsplit(url).password:
+        return {}
+    return {"password": settings.password.get_secret_value()}
 
 
 def open_target(settings: ClickHouseSettings, url: str | None = None) -> Target:
@@ -290,7 +295,7 @@ def open_target(settings: ClickHouseSettings, url: str | None = None) -> Target:
     if url is None and settings.url is not None:
         url = settings.url.get_secret_value()
     if url:
-        return ServerTarget(url, settings.database, **server_args(settings))
+        return ServerTarget(url, settings.database, **server_args(settings, url))
     return ChdbTarget(settings.path, settings.database)
 
 

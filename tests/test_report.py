@@ -289,8 +289,7 @@ def warehouse_report(lake: Path, warehouse: Path, now_ms: int) -> dict:
         paths = f"{lake.resolve()}/{table}/{{" + ",".join(files) + "}"
         target.command(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM "
                        f"file({_literal(paths)}, Parquet, {_literal(structure)})")
-    source = object.__new__(ServerSource)  # a server's source, on the chDB target
-    source._target, source.name = target, "warehouse"
+    source = ServerSource(target, "warehouse")  # a server's source, on the chDB target
     data = collect(source, since_s=7 * 86_400, horizon_s=86_400, now_ms=now_ms, progress=None)
     return {k: data[k] for k in COMPARED}
 
@@ -309,6 +308,36 @@ def test_the_same_report_on_the_warehouse_schema(report, lake, tmp_path):
     assert on_server["totals"]["transactions"]["n"] > 5_000
     for key in COMPARED:
         assert on_server[key] == json.loads(json.dumps(report[key])), key
+
+
+def test_a_schedule_survives_a_source_that_cannot_be_opened_yet(lake, tmp_path):
+    """The server is still starting: that report fails, is reported, and the next one runs."""
+    import threading
+
+    from pipelines.report import LakeSource, report_loop
+
+    opened, failures, written = [], [], []
+    stop = threading.Event()
+
+    def open_source():
+        opened.append(1)
+        if len(opened) == 1:
+            raise ConnectionRefusedError("ClickHouse is not up yet")
+        return LakeSource(lake)
+
+    def on_written(html_path, json_path, seconds):
+        written.append(html_path)
+        stop.set()
+
+    report_loop(open_source, tmp_path / "out", since_s=86_400, horizon_s=3600, every_s=0.01,
+                stop=stop, written=on_written, failed=failures.append, progress=None)
+    assert [str(e) for e in failures] == ["ClickHouse is not up yet"]
+    assert len(written) == 1 and written[0].exists() and len(opened) == 2
+    # A single report (no schedule) raises instead.
+    with pytest.raises(ConnectionRefusedError):
+        opened.clear()
+        report_loop(open_source, tmp_path / "out", since_s=86_400, horizon_s=3600,
+                    every_s=None, stop=stop, written=on_written, failed=failures.append)
 
 
 def test_the_cli_writes_html_and_json_with_progress(lake, tmp_path):

@@ -261,7 +261,8 @@ def test_the_server_target_sends_arrow_with_the_dedup_token(receiver):
 
 
 def test_a_password_setting_needs_no_url_encoding(receiver):
-    """RISKSTREAM_CLICKHOUSE_PASSWORD wins over the URL's and may hold @, :, / and %."""
+    """RISKSTREAM_CLICKHOUSE_PASSWORD is used when the URL has none and may hold @, :, / and
+    %; a password written in the URL wins."""
     import base64
 
     from sinks.warehouse import open_target
@@ -276,6 +277,10 @@ def test_a_password_setting_needs_no_url_encoding(receiver):
     target.close()
     sent = {base64.b64decode(a.split()[1]).decode() for a in _Recorder.authorizations if a}
     assert sent == {"ana:p@ss:/%w0rd"}
+    _Recorder.authorizations = []
+    open_target(settings, receiver).close()  # ana:s3cret@ in the URL
+    sent = {base64.b64decode(a.split()[1]).decode() for a in _Recorder.authorizations if a}
+    assert sent == {"ana:s3cret"}
 
 
 def test_tables_are_the_output_tables():
