@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 import threading
-from datetime import datetime
 from pathlib import Path
 
 from pipelines.errors import ConfigError, RiskstreamError
@@ -136,18 +135,16 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _start_ms(text: str) -> int:
-    """``--start``: epoch milliseconds, or an ISO-8601 date-time with a timezone."""
-    if text.isdigit():
-        return int(text)
+    """``--start``: epoch milliseconds, or an ISO-8601 date-time with a timezone (the event
+    time rule of the input schemas)."""
+    from schemas.common import parse_event_time
+
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
+        return parse_event_time(int(text) if text.isdigit() else text)
+    except ValueError:  # pydantic's error is a ValueError
         raise argparse.ArgumentTypeError(
             f"expected epoch milliseconds or an ISO-8601 date-time with a timezone "
-            f"(2026-01-01T00:00:00Z), got {text!r}")
-    return int(when.timestamp() * 1000)
+            f"(2026-01-01T00:00:00Z), got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:

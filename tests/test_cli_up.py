@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
-from datetime import datetime
 from itertools import islice
 
 import pytest
@@ -20,6 +20,7 @@ from processes import GATEWAY, ROOT, STATUS_LINE, alive, children, start_up, wai
 from pipelines.broker import EmbeddedBroker, ensure_topics
 from pipelines.simulator import SimConfig, Simulator
 from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS
+from schemas.common import parse_event_time
 from sinks.clickhouse import query_rows
 
 pytestmark = pytest.mark.integration
@@ -112,18 +113,18 @@ def _messages(bootstrap: str, topic: str) -> list[bytes]:
     try:
         out = []
         for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             c.assign([TopicPartition(topic, p, 0)])
-            while batch := c.consume(5000, timeout=1.0):  # to the end of the partition
-                out += [m.value() for m in batch if not m.error()]
+            deadline, offset = time.monotonic() + 60, -1
+            while offset < high - 1:  # to the end of the partition, however slow the fetches
+                assert time.monotonic() < deadline, f"{topic}[{p}]: read to {offset} of {high}"
+                for m in c.consume(5000, timeout=1.0):
+                    if not m.error():
+                        out.append(m.value())
+                        offset = m.offset()
         return out
     finally:
         c.close()
-
-
-def _ms(event_time: int | str) -> int:
-    if isinstance(event_time, int):
-        return event_time
-    return int(datetime.fromisoformat(event_time).timestamp() * 1000)
 
 
 def test_simulate_on_the_command_line(tmp_path):
@@ -148,15 +149,17 @@ def test_simulate_on_the_command_line(tmp_path):
             for value in values[topic]:
                 try:
                     event = orjson.loads(value)
-                    sent[event["event_id"]] = _ms(event["event_time"])
+                    sent[event["event_id"]] = parse_event_time(event["event_time"])
                 except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
                     pass  # a malformed message
         labels = [orjson.loads(v) for v in values[LABELS]]
-        assert labels and all(_ms(lab["event_time"]) - sent[lab["target_event_id"]] == 2000
-                              for lab in labels)
+        assert labels and all(
+            parse_event_time(lab["event_time"]) - sent[lab["target_event_id"]] == 2000
+            for lab in labels)
         # Deterministic for a seed (and a start): exactly the simulator's messages.
         config = SimConfig(seed=3, malformed_share=0.2, duplicate_share=0.1, label_delay_s=2)
-        expected = islice(Simulator(config, _ms("2025-06-01T00:00:00Z")).messages(), 5000)
+        start = parse_event_time("2025-06-01T00:00:00Z")
+        expected = islice(Simulator(config, start).messages(), 5000)
         assert sorted(v for vs in values.values() for v in vs) == sorted(m.value for m in expected)
         assert _simulate(cluster.bootstrap, *args, "--seed", "4")[0] != counts
         timed, err = _simulate(cluster.bootstrap, "--rate", "200", "--seed", "3",
