@@ -197,6 +197,7 @@ class LiveDashboard:
         self._closed = threading.Event()
         self._history: deque[tuple[float, dict[str, float]]] = deque()
         self._snapshot: dict[str, Any] = {}
+        self._samples = 0  # snapshots built so far: the SSE stream sends each one once
         self._lake_data: dict = {"recent_alerts": [], "hosts": [], "minutes": []}
         self._lag_data: dict = {}
         self._watched_at = 0.0
@@ -257,6 +258,7 @@ class LiveDashboard:
             while self._history and now - self._history[0][0] > HISTORY_S:
                 self._history.popleft()
             self._snapshot = self._build(now, samples, counters)
+            self._samples += 1
             self._fresh.notify_all()
             return self._snapshot
 
@@ -363,24 +365,23 @@ class LiveDashboard:
         handler.close_connection = True
         try:
             handler.wfile.write(f"retry: {int(self.interval_s * 2000)}\n\n".encode())
-            event, last_ts = 0, -1
+            event, sent = 0, -1
             while not self._closed.is_set():
                 # Each event is a new sample (paced by the sampler): on a slow machine the
                 # same snapshot is never sent twice; a comment line keeps the stream open.
                 with self._fresh:
                     self._fresh.wait_for(
-                        lambda last=last_ts: self._closed.is_set()
-                        or self._snapshot.get("ts", 0) > last,
+                        lambda last=sent: self._closed.is_set() or self._samples > last,
                         timeout=3 * self.interval_s)
-                    snap = self._snapshot
+                    snap, number = self._snapshot, self._samples
                 self._watched_at = time.monotonic()
                 if self._closed.is_set():
                     break
-                if snap.get("ts", 0) <= last_ts:
+                if number <= sent:
                     handler.wfile.write(b": waiting for the next sample\n\n")
                     handler.wfile.flush()
                     continue
-                last_ts, event = snap["ts"], event + 1
+                sent, event = number, event + 1
                 data = json.dumps(snap, separators=(",", ":"))
                 handler.wfile.write(f"id: {event}\ndata: {data}\n\n".encode())
                 handler.wfile.flush()

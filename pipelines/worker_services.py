@@ -166,11 +166,11 @@ def run_dashboard(stop: Any, worker_pid: int, log_level: str) -> None:
     try:
         server = ThreadingHTTPServer((settings.service.bind_host,
                                       settings.service.dashboard_port), Handler)
-    except OSError as exc:
-        log.error("cannot serve the dashboard on %s:%s: %s", settings.service.bind_host,
-                  settings.service.dashboard_port, exc)
+    except OSError as exc:  # the worker goes on scoring; this child exits non-zero
+        log.critical("cannot serve the dashboard on %s:%s: %s", settings.service.bind_host,
+                     settings.service.dashboard_port, exc)
         dashboard.close()
-        return
+        raise SystemExit(1) from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="dashboard-http").start()
     host, port = server.server_address[:2]

@@ -55,7 +55,8 @@ def test_an_empty_or_missing_lake_has_every_table_with_0_rows(tmp_path):
 def test_the_documented_tables_are_there():
     # README and `riskstream sql` users name these; a rename must be a decision, not a slip.
     assert {"scored_transactions", "scored_applications", "metric_samples", "metric_anomalies",
-            "aggregates", "alerts", "dead_letter"} <= set(SCHEMA_OF_TABLE)
+            "aggregates", "alerts", "alert_deliveries", "model_quality",
+            "dead_letter"} <= set(SCHEMA_OF_TABLE)
 
 
 def test_a_table_with_only_tmp_files_has_0_rows(tmp_path):
