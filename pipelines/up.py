@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -191,20 +192,20 @@ td,th{padding:2px 10px;text-align:left}</style></head><body><h1>riskstream</h1>
 <p>JSON: <a href="/api/v1/status">/api/v1/status</a></p></body></html>"""
 
 
-def serve_status(status: Status, host: str, port: int,
-                 dashboard: LiveDashboard | None = None) -> ThreadingHTTPServer:
+def serve_status(status: Callable[[], dict], host: str, port: int,
+                 dashboard: LiveDashboard | None = None,
+                 page: Callable[[], bytes] | None = None) -> ThreadingHTTPServer:
+    """Serve ``/api/v1/status`` (``status()`` as JSON), ``/healthz``, the live ``dashboard``'s
+    routes and, at ``/status`` (and ``/`` without a dashboard), ``page()``; OSError when the
+    port cannot be bound."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             if self.path.startswith("/api/v1/status"):
-                body, ctype = json.dumps(status.fresh()).encode(), "application/json"
+                body, ctype = json.dumps(status()).encode(), "application/json"
             elif dashboard is not None and dashboard.handle(self):
                 return
-            elif self.path in ("/", "/index.html", "/status"):
-                rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>"
-                               for k, v in status.fresh().items())
-                body = (PAGE % {"bootstrap": status.bootstrap, "lake": status.lake,
-                                "rows": rows}).encode()
-                ctype = "text/html; charset=utf-8"
+            elif page is not None and self.path in ("/", "/index.html", "/status"):
+                body, ctype = page(), "text/html; charset=utf-8"
             elif self.path == "/healthz":
                 body, ctype = b"ok", "text/plain"
             else:
@@ -216,8 +217,14 @@ def serve_status(status: Status, host: str, port: int,
             pass
 
     server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="status").start()
     return server
+
+
+def _status_page(status: Status) -> bytes:
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in status.fresh().items())
+    return (PAGE % {"bootstrap": status.bootstrap, "lake": status.lake, "rows": rows}).encode()
 
 
 def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, workers: int = 1,
@@ -260,8 +267,9 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
         dashboard = LiveDashboard(
             lambda: [x for child in children for x in scrape(child.metrics_port)],
             lambda: status.last, lake, lag=lambda: stream_lag(bootstrap)).start()
-        page = serve_status(status, settings.service.bind_host, settings.service.status_port,
-                            dashboard)
+        page = serve_status(status.fresh, settings.service.bind_host,
+                            settings.service.status_port, dashboard,
+                            page=lambda: _status_page(status))
         host, port = page.server_address[:2]
         print(f"riskstream is up\n"
               f"  broker      {bootstrap}{' (embedded Tansu, in memory)' if broker else ''}\n"

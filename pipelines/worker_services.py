@@ -26,14 +26,12 @@ the report on one of them (each would write its own).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +120,8 @@ def _child(name: str, stop: Any, worker_pid: int, log_level: str) -> None:
 
 def run_dashboard(stop: Any, worker_pid: int, log_level: str) -> None:
     """Entry point of the dashboard process."""
-    from dashboards.live import LiveDashboard, send_body, stream_lag
-    from pipelines.up import scrape
+    from dashboards.live import LiveDashboard, stream_lag
+    from pipelines.up import scrape, serve_status
 
     _child("dashboard", stop, worker_pid, log_level)
     settings = Settings()
@@ -147,32 +145,14 @@ def run_dashboard(stop: Any, worker_pid: int, log_level: str) -> None:
 
     dashboard = LiveDashboard(lambda: scrape(metrics_port), status, lake, lag=lag).start()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if dashboard.handle(self):
-                return
-            if self.path.startswith("/api/v1/status"):
-                body, ctype = json.dumps(status()).encode(), "application/json"
-            elif self.path == "/healthz":
-                body, ctype = b"ok", "text/plain"
-            else:
-                self.send_error(404)
-                return
-            send_body(self, body, ctype)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
     try:
-        server = ThreadingHTTPServer((settings.service.bind_host,
-                                      settings.service.dashboard_port), Handler)
+        server = serve_status(status, settings.service.bind_host,
+                              settings.service.dashboard_port, dashboard)
     except OSError as exc:  # the worker goes on scoring; this child exits non-zero
         log.critical("cannot serve the dashboard on %s:%s: %s", settings.service.bind_host,
                      settings.service.dashboard_port, exc)
         dashboard.close()
         raise SystemExit(1) from None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True, name="dashboard-http").start()
     host, port = server.server_address[:2]
     log.info("live dashboard: http://%s:%s/ (JSON /api/v1/metrics, SSE "
              "/api/v1/metrics/realtime)", host, port)
