@@ -48,7 +48,8 @@ def decision_of(score: float, review_at: float, decline_at: float) -> str:
 
 
 class RollingRank:
-    """The rank of a value among the last ``window`` values seen, in [0, 1].
+    """The rank of a value among the last ``window`` values seen, in [0, 1] (values that are
+    ordered: no NaN).
 
     Turns an uncalibrated detector score into a quantile: ``rank ** k`` then puts a chosen
     share of traffic above a threshold (``calibrated``).
@@ -68,7 +69,9 @@ class RollingRank:
     def update(self, x: float) -> float:
         s, fifo = self._sorted, self._fifo
         below = bisect.bisect_left(s, x)
-        equal = bisect.bisect_right(s, x, below) - below
+        # (values are ordered: no NaN) equal values follow ``below``, most often none
+        equal = bisect.bisect_right(s, x, below) - below if below < len(s) and s[below] == x \
+            else 0
         # mid-rank of x among the window including itself
         rank = (below + 0.5 * (equal + 1)) / (len(s) + 1)
         s.insert(below, x)  # (before its equals: the same values in the same order)

@@ -290,21 +290,55 @@ def test_a_merchant_episode_counts_its_unexplained_frauds():
     assert x["merchant_episode_rate"] == pytest.approx(4 * 0.95 / 6)
 
 
-def test_one_walk_scores_and_learns_like_rivers_half_space_trees():
+@pytest.mark.parametrize("as_sequence", [False, True])
+def test_one_walk_scores_and_learns_like_rivers_half_space_trees(as_sequence):
     from river import anomaly
 
-    from agents.fraud import _hst_score_learn
+    from agents.fraud import _HalfSpace
 
-    ours = anomaly.HalfSpaceTrees(n_trees=3, height=6, window_size=50, seed=4)
+    keys = ("a", "b", "c")
+    ours = _HalfSpace(anomaly.HalfSpaceTrees(n_trees=3, height=6, window_size=50, seed=4),
+                      keys if as_sequence else None)
     river = anomaly.HalfSpaceTrees(n_trees=3, height=6, window_size=50, seed=4)
     rng = random.Random(4)
+    scores = []
     for i in range(400):
-        x = {k: rng.random() ** (3 if k == "a" else 1) for k in ("a", "b", "c")}
+        x = {k: rng.random() ** (3 if k == "a" else 1) for k in keys}
         expected = river.score_one(x)
         if i % 2:
             river.learn_one(x)
-        assert _hst_score_learn(ours, x, i % 2) == expected
-    assert [n.l_mass for n in ours._tree_nodes[0]] == [n.l_mass for n in river._tree_nodes[0]]
+        scores.append(expected)
+        assert ours.score_learn(tuple(x.values()) if as_sequence else x, i % 2) == expected
+    assert len(set(scores)) > 50  # past the first window: scores that differ
+    ours.sync()  # the masses, written back into River's nodes
+    for mine, theirs in zip(ours.det._tree_nodes, river._tree_nodes):
+        assert [(n.l_mass, n.r_mass) for n in mine] == [(n.l_mass, n.r_mass) for n in theirs]
+    assert ours.det.counter == river.counter
+
+
+def test_the_array_scaler_has_rivers_numbers_bit_for_bit():
+    from river import preprocessing
+
+    from agents.fraud import _Standardizer
+
+    names = ("dense", "indicator", "constant", "big")
+    ours, river = _Standardizer(len(names)), preprocessing.StandardScaler()
+    rng = random.Random(5)
+    for _ in range(500):
+        values = [rng.gauss(0.3, 2.0), float(rng.random() < 0.05), 1.0,
+                  rng.lognormvariate(8.0, 3.0)]
+        ours.learn(values)
+        river.learn_one(dict(zip(names, values)))
+        assert ours.transform(values) == list(river.transform_one(dict(zip(names, values))).values())
+    assert ours.means.tolist() == [river.means[k] for k in names]
+    assert ours.vars.tolist() == [river.vars[k] for k in names] and ours.vars[2] == 0.0
+    written = preprocessing.StandardScaler()
+    ours.to_river(written, names)  # the scaler's state as River's, counts as ints
+    assert (dict(written.counts), dict(written.means), dict(written.vars)) == (
+        dict(river.counts), dict(river.means), dict(river.vars))
+    assert all(type(c) is int for c in written.counts.values())
+    back = _Standardizer.from_river(written, names)
+    assert back.counts.tolist() == ours.counts.tolist() and back.vars.tolist() == ours.vars.tolist()
 
 
 def test_a_pending_event_is_one_packed_blob_and_its_label_context():
