@@ -467,6 +467,23 @@ def test_a_large_card_table_forgets_its_least_recently_seen_cards_in_bulk():
     assert {"c6", "c7", "c8"}.isdisjoint(table.index) and "c9" in table.index
 
 
+def test_a_cards_amount_profile_is_the_profile_function_folded_event_by_event():
+    # compute() has the profile update inlined: it must stay _profile(..., weight 1.0)
+    from agents.fraud_features import C_P_T, C_Q_VAR, _profile
+
+    f = TransactionFeatures()
+    rng = random.Random(6)
+    t = T0
+    f.compute(txn(0, t=t, amount=20.0))
+    profile = tuple(f.card("c1").x[C_P_T:C_Q_VAR + 1])
+    for i in range(1, 300):  # bursts, long gaps, outliers (clipped once the profile has weight)
+        t += rng.choice((1_000, 60_000, DAY_MS, 20 * DAY_MS))
+        amount = rng.choice((rng.uniform(5, 60), rng.uniform(500, 5_000)))
+        f.compute(txn(i, t=t, amount=amount))
+        profile = _profile(*profile, t, math.log1p(amount), amount, 1.0)
+        assert tuple(f.card("c1").x[C_P_T:C_Q_VAR + 1]) == profile
+
+
 def test_a_merchant_id_is_one_string_however_many_cards_remember_it():
     f = TransactionFeatures()
     for i in range(3):
