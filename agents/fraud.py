@@ -48,12 +48,13 @@ and the 0/1 ones as bits: 76 bytes for 62 features; then its label context: amou
 merchant ids), ~0.3 KB with its id and dict slot; a card is a row of a columnar table
 (``agents/fraud_features.py``: 22 doubles, its usual countries, devices and recent merchants),
 ~0.4 KB with its key; an identity key one array of 8 doubles. 1,000,000 cards, each with one
-pending transaction: 674 MiB (``python -m pipelines.bench_state 1000000 10000``: 978 MiB RSS
+pending transaction: 671 MiB (``python -m pipelines.bench_state 1000000 10000``: 979 MiB RSS
 with 10,000 metric series and the interpreter).
 
 Measured (``riskstream eval fraud``, Fraud Detection Handbook, 7-day label delay, after the
-first 7 days): ROC AUC 0.891, average precision 0.714, card precision@100 0.530, ~19,000
-events/s of one core for the scoring path with its learning. About 20 % of the frauds scored
+first 7 days): ROC AUC 0.891, average precision 0.714, card precision@100 0.530, ~22,900
+events/s of one core for the scoring path with its learning (CPU time, median of 3 runs on a
+shared 2-core machine). About 20 % of the frauds scored
 (1,922 of 9,328) are at a terminal compromised less than 7 days before: no label about that
 terminal can be known yet and nothing else in the data sets them apart, so ranked at random
 they bound the ROC AUC near 0.90 whatever the model.
@@ -141,7 +142,7 @@ class _Scorer:
         self._rank = RollingRank(2000)
         # HalfSpaceTrees wants features in [0, 1]; window_size is the reference window in events.
         # 3 trees of height 6: the detector is one feature among ~50 here, and its cost is per
-        # event (~4 us).
+        # event (~4 us, walked by ``_HalfSpace``).
         self._detector = anomaly.HalfSpaceTrees(n_trees=3, height=6, window_size=250, seed=seed)
         self._hst = _HalfSpace(self._detector, self._detector_keys)
         self._scaler = preprocessing.StandardScaler()

@@ -20,7 +20,9 @@ decay from *that* time. A label that is 7 days late therefore moves the risk 7 d
 its transaction, as it would in production.
 
 Limits: a card's first transactions have no history (``card_n_30d`` = 0 says so to the
-model); state of a card or merchant not seen for ``max_keys`` newer keys is forgotten.
+model); the least recently seen cards and merchants are forgotten past ``max_cards`` /
+``max_merchants`` (merchants one at a time, cards 1 % of ``max_cards`` at a time: see
+``CardTable``).
 
 Snapshots: ``to_state`` / ``load_state`` give the exact state as JSON-able lists (one list of
 slot values per card or merchant, in least-recently-seen order, so eviction resumes as it
@@ -331,7 +333,8 @@ class TransactionFeatures:
     Parameters
     ----------
     max_cards, max_merchants
-        Keys kept; the least recently seen are forgotten beyond these.
+        Keys kept; the least recently seen are forgotten beyond these (cards in bulk, 1 % of
+        ``max_cards`` at a time, at least one).
     risk_prior
         Pseudo-count of the merchant risk's smoothing: a merchant with ``l`` labelled and
         ``f`` fraudulent transactions has risk ``f / (l + risk_prior)``, so one fraud out of
