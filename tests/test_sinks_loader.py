@@ -263,11 +263,7 @@ def test_a_killed_loader_process_loads_every_event_exactly_once(bootstrap, setti
            "RISKSTREAM_KAFKA_CONSUME_BATCH": "200",
            "RISKSTREAM_KAFKA_SESSION_TIMEOUT_S": "3",
            "RISKSTREAM_LOG_LEVEL": "INFO"}
-    # `riskstream load`'s own function (not the whole CLI parser: other subcommands' modules
-    # have no business breaking this test)
-    args = ["-c", "import sys; from pipelines.warehouse_cli import main_load; "
-            f"sys.exit(main_load(['--group', {GROUP!r}]))"]
-    loader = LoaderProcess(args, env, tmp_path / "load-1.log")
+    loader = LoaderProcess(LOAD_ARGS, env, tmp_path / "load-1.log")
     try:
         # kill -9 in the middle of the stream: some batches committed, most not yet
         wait_until(lambda: committed(settings, bootstrap) >= 800, timeout_s=60,
@@ -276,19 +272,8 @@ def test_a_killed_loader_process_loads_every_event_exactly_once(bootstrap, setti
         loader.kill()
     assert committed(settings, bootstrap) < total, "killed too late to test anything"
 
-    loader = LoaderProcess(args, env, tmp_path / "load-2.log")
-    try:
-        wait_until(lambda: committed(settings, bootstrap) == total, timeout_s=60,
-                   what="every offset committed after the restart")
-    finally:
-        assert loader.stop(signal.SIGTERM) == 0, loader.log()[-2000:]
-    got = counts(settings)
-    assert got["scored_transactions"] == (6000, 6000)
-    assert got["metric_samples"] == (1500, 1500)
-    assert got["alerts"] == (300, 300)
-    with ChdbTarget(settings.clickhouse.path) as target:
-        assert target.query("SELECT sum(transactions) AS n FROM transactions_hourly") == [
-            {"n": 6000}]
+    _restart_and_check(bootstrap, settings, env, tmp_path, total,
+                       {"scored_transactions": 6000, "metric_samples": 1500, "alerts": 300})
 
 
 # Process 1 dies (as under kill -9: no clean-up, no commit) right after the 5th insert into an
@@ -328,19 +313,30 @@ def test_a_loader_killed_mid_batch_restarts_and_loads_each_event_exactly_once(
     assert landed > done, "the kill should leave inserted rows whose offsets are not committed"
     assert done < total
 
-    args = ["-c", "import sys; from pipelines.warehouse_cli import main_load; "
-            f"sys.exit(main_load(['--group', {GROUP!r}]))"]
-    loader = LoaderProcess(args, env, tmp_path / "load-2.log")
+    _restart_and_check(bootstrap, settings, env, tmp_path, total,
+                       {"scored_transactions": 2000, "metric_samples": 600, "alerts": 150})
+
+
+# `riskstream load`'s own function (not the whole CLI parser: other subcommands' modules have
+# no business breaking these tests)
+LOAD_ARGS = ["-c", "import sys; from pipelines.warehouse_cli import main_load; "
+             f"sys.exit(main_load(['--group', {GROUP!r}]))"]
+
+
+def _restart_and_check(bootstrap, settings, env, tmp_path, total: int, want: dict[str, int]):
+    """Start `riskstream load` again, wait for every offset, and find each event once: in its
+    table (rows, distinct ids) and in the rollups."""
+    loader = LoaderProcess(LOAD_ARGS, env, tmp_path / "load-2.log")
     try:
         wait_until(lambda: committed(settings, bootstrap) == total, timeout_s=60,
                    what="every offset committed after the restart")
     finally:
         assert loader.stop(signal.SIGTERM) == 0, loader.log()[-2000:]
     got = counts(settings)
-    assert got["scored_transactions"] == (2000, 2000)
-    assert got["metric_samples"] == (600, 600)
-    assert got["alerts"] == (150, 150)
+    for table, n in want.items():
+        assert got[table] == (n, n), table
     with ChdbTarget(settings.clickhouse.path) as target:
         assert target.query("SELECT sum(transactions) AS n FROM transactions_hourly") == [
-            {"n": 2000}]
-        assert target.query("SELECT sum(alerts) AS n FROM alerts_daily") == [{"n": 150}]
+            {"n": want["scored_transactions"]}]
+        assert target.query("SELECT sum(alerts) AS n FROM alerts_daily") == [
+            {"n": want["alerts"]}]
