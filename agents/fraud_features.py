@@ -350,7 +350,7 @@ class TransactionFeatures:
         self.risk_prior = risk_prior
         self._cards = CardTable(max_cards)
         self._merchants: BoundedDict[str, MerchantState] = BoundedDict(max_merchants)
-        self.flags = 0  # the last computed vector's 0/1 features, packed (``compact``)
+        self.flags = 0  # the last computed vector's 0/1 features, packed (``expand`` undoes it)
 
     # ---------------------------------------------------------------------------- scoring
 
@@ -498,7 +498,7 @@ class TransactionFeatures:
         night = (t // HOUR_MS) % 24 < 6
         weekend = (t // DAY_MS + 3) % 7 >= 5  # 1970-01-01 was a Thursday: 0 = Monday
         k_amount = bisect_left(AMOUNT_BANDS, la)
-        # the 0/1 features in one int, for the pending store (``compact``)
+        # the 0/1 features in one int, for the pending store (``expand`` undoes it)
         self.flags = (k_amount | ep_code << 4 | (new_country > 0.0) << 8
                       | (new_device > 0.0) << 9 | (fraud_recent > 0.0) << 10 | declined << 11
                       | ecom << 12 | night << 13 | weekend << 14)
@@ -757,9 +757,3 @@ def _profile(p_t: float, w: float, mean: float, var: float, qmean: float, qvar: 
 def _copy(value):
     """A snapshot's copy of a state field: lists are mutated in place by later events."""
     return value.copy() if isinstance(value, (list, dict)) else value
-
-
-def pack(values: list[float]) -> array:
-    """A compact copy of a feature vector for the pending store: 4 bytes a value (float32
-    keeps ~7 significant digits, plenty for learning)."""
-    return array("f", values)
