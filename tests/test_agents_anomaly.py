@@ -222,22 +222,26 @@ NYC_TAXI = (Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev" 
             / "realKnownCause" / "nyc_taxi.csv")
 
 
+def nab_alarms(path: Path, scorer: MetricScorer, threshold: float = 0.9) -> list[str]:
+    """The timestamps of a NAB file (``timestamp,value``) that ``scorer`` scores as alarms."""
+    with path.open() as fh:
+        rows = [line.strip().split(",") for line in fh.readlines()[1:]]
+    out = []
+    for i, (stamp, value) in enumerate(rows):
+        t = int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() * 1000)
+        r = scorer.score_record({"event_id": str(i), "event_time": t, "host": path.stem,
+                                 "metric": "value", "value": float(value)}, t)
+        if r["score"] >= threshold:
+            out.append(stamp)
+    return out
+
+
 @pytest.mark.skipif(not NYC_TAXI.is_file(), reason=f"NAB data not found at {NYC_TAXI}")
 def test_a_run_of_moderate_surprises_adds_up_to_an_alarm():
     # NYC taxi demand around Christmas keeps departing from its weekly profile, a little at a
     # time: no single sample is rare enough, the accumulated evidence is
-    with NYC_TAXI.open() as fh:
-        rows = [line.strip().split(",") for line in fh.readlines()[1:]]
-
     def alarms(scorer: MetricScorer) -> list[str]:
-        out = []
-        for i, (stamp, value) in enumerate(rows):
-            t = int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() * 1000)
-            r = scorer.score_record({"event_id": str(i), "event_time": t, "host": "nyc",
-                                     "metric": "taxi", "value": float(value)}, t)
-            if r["score"] >= 0.9:
-                out.append(stamp)
-        return out
+        return nab_alarms(NYC_TAXI, scorer)
 
     def christmas(stamps: list[str]) -> list[str]:        # NAB's window around Dec 25
         return [s for s in stamps if "2014-12-23 11:30:00" <= s <= "2014-12-27 18:30:00"]
@@ -283,18 +287,8 @@ def test_a_new_oscillation_between_known_values_adds_up_to_novelty():
     # an autoscaling group's CPU starts to oscillate between values it had shown before: its
     # novel contexts come a few at a time, too spread out for the short novelty rate; the
     # slower one adds them up within NAB's window
-    with GROK_ASG.open() as fh:
-        rows = [line.strip().split(",") for line in fh.readlines()[1:]]
-
     def alarms(scorer: MetricScorer) -> list[str]:
-        out = []
-        for i, (stamp, value) in enumerate(rows):
-            t = int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() * 1000)
-            r = scorer.score_record({"event_id": str(i), "event_time": t, "host": "grok",
-                                     "metric": "cpu", "value": float(value)}, t)
-            if r["score"] >= 0.9:
-                out.append(stamp)
-        return out
+        return nab_alarms(GROK_ASG, scorer)
 
     def window(stamps: list[str]) -> list[str]:           # NAB's first window
         return [s for s in stamps if "2014-01-20 02:05:00" <= s <= "2014-01-20 14:55:00"]

@@ -256,13 +256,7 @@ def test_a_killed_loader_process_loads_every_event_exactly_once(bootstrap, setti
     batch = records({SCORED_TRANSACTIONS: 6000, METRIC_SAMPLES: 1500, ALERTS: 300})
     produce_all(bootstrap, batch)
     total = 7800
-    env = {"RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-           "RISKSTREAM_CLICKHOUSE_PATH": str(settings.clickhouse.path),
-           "RISKSTREAM_CLICKHOUSE_LOAD_BATCH_ROWS": "200",
-           "RISKSTREAM_CLICKHOUSE_LOAD_INTERVAL_S": "0.2",
-           "RISKSTREAM_KAFKA_CONSUME_BATCH": "200",
-           "RISKSTREAM_KAFKA_SESSION_TIMEOUT_S": "3",
-           "RISKSTREAM_LOG_LEVEL": "INFO"}
+    env = _loader_env(bootstrap, settings, batch_rows=200, consume_batch=200)
     loader = LoaderProcess(LOAD_ARGS, env, tmp_path / "load-1.log")
     try:
         # kill -9 in the middle of the stream: some batches committed, most not yet
@@ -299,12 +293,7 @@ def test_a_loader_killed_mid_batch_restarts_and_loads_each_event_exactly_once(
     batch = records({SCORED_TRANSACTIONS: 2000, METRIC_SAMPLES: 600, ALERTS: 150})
     produce_all(bootstrap, batch)
     total = 2750
-    env = {"RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-           "RISKSTREAM_CLICKHOUSE_PATH": str(settings.clickhouse.path),
-           "RISKSTREAM_CLICKHOUSE_LOAD_BATCH_ROWS": "150",
-           "RISKSTREAM_CLICKHOUSE_LOAD_INTERVAL_S": "0.2",
-           "RISKSTREAM_KAFKA_CONSUME_BATCH": "400",
-           "RISKSTREAM_KAFKA_SESSION_TIMEOUT_S": "3"}
+    env = _loader_env(bootstrap, settings, batch_rows=150, consume_batch=400)
     dying = LoaderProcess(["-c", _DIE_AFTER_5_INSERTS.replace("GROUP", repr(GROUP))], env,
                           tmp_path / "load-1.log")
     assert dying.proc.wait(120) == 137, dying.log()[-2000:]
@@ -315,6 +304,17 @@ def test_a_loader_killed_mid_batch_restarts_and_loads_each_event_exactly_once(
 
     _restart_and_check(bootstrap, settings, env, tmp_path, total,
                        {"scored_transactions": 2000, "metric_samples": 600, "alerts": 150})
+
+
+def _loader_env(bootstrap: str, settings, *, batch_rows: int, consume_batch: int) -> dict:
+    """The environment of a `riskstream load` process of these tests: small batches."""
+    return {"RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "RISKSTREAM_CLICKHOUSE_PATH": str(settings.clickhouse.path),
+            "RISKSTREAM_CLICKHOUSE_LOAD_BATCH_ROWS": str(batch_rows),
+            "RISKSTREAM_CLICKHOUSE_LOAD_INTERVAL_S": "0.2",
+            "RISKSTREAM_KAFKA_CONSUME_BATCH": str(consume_batch),
+            "RISKSTREAM_KAFKA_SESSION_TIMEOUT_S": "3",
+            "RISKSTREAM_LOG_LEVEL": "INFO"}
 
 
 # `riskstream load`'s own function (not the whole CLI parser: other subcommands' modules have
