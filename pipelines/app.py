@@ -91,9 +91,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-OUTPUT_LINGER_MS = 25
-
-
 class _Batch:
     """The outputs of one input batch in flight; ``done`` runs once all are acknowledged."""
 
@@ -128,10 +125,11 @@ class Outputs:
     committed offsets.
     """
 
-    def __init__(self, bootstrap: str) -> None:
-        # 25 ms: ten output topics fan out into many partition batches, and a broker's cost
-        # is per batch (Tansu at 9,000 events/s: 33 % of a core at 5 ms, 8 % at 50 ms).
-        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": OUTPUT_LINGER_MS}))
+    def __init__(self, bootstrap: str, linger_ms: int = 25) -> None:
+        # ``KafkaSettings.output_linger_ms``: ten output topics fan out into many partition
+        # batches, and a broker's cost is per batch (Tansu at 9,000 events/s: 33 % of a core
+        # at 5 ms, 8 % at 50 ms).
+        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": linger_ms}))
         self.error: Exception | None = None
         self.lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -512,13 +510,67 @@ def _fetch_wait_consumer(fetch_wait_ms: int, fetch_min_bytes: int) -> type:
     return Consumer
 
 
-def _table_put(table: faust.Table, partition: int, key: str, value: Any) -> None:
+def _table_put(table: faust.Table, partition: int, key: str, value: Any,
+               chunk_bytes: int) -> None:
     """``table[key] = value`` into the changelog partition of the input partition the state
     belongs to. A checkpoint also runs outside stream iteration (revocation, shutdown) and
     covers every stream's partitions, where ``table[key] = ...`` would take the partition of
-    the current event, or fail without one."""
-    table.data[key] = value
-    table.send_changelog(partition, key, value)
+    the current event, or fail without one.
+
+    The value goes as JSON bytes. One over ``chunk_bytes`` goes as parts under ``key#s.i``
+    and then a head under ``key`` naming them: a Kafka message has a size limit (1 MiB by
+    default, the broker's and the producer's), and a partition's state is bigger with a few
+    thousand merchants or firing alerts (a Faust producer error stops the worker). The parts
+    alternate between two slots ``s``, and the head is written after its parts in the same
+    changelog partition: a crash in the middle of a checkpoint leaves the previous head and
+    its slot whole. Parts no longer named are deleted (tombstones) after the head."""
+    data = orjson.dumps(value)
+    head = table.data.get(key)
+    stale = {k for k in table.data if k.startswith(f"{key}#")}
+    if len(data) > chunk_bytes:
+        previous = _chunked(head)
+        slot = 1 - previous["slot"] if previous else 0
+        parts = [data[i:i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+        for i, part in enumerate(parts):
+            part_key = f"{key}#{slot}.{i}"
+            stale.discard(part_key)
+            _table_set(table, partition, part_key, part)
+        data = orjson.dumps({CHUNKED: {"slot": slot, "parts": len(parts)}})
+    _table_set(table, partition, key, data)
+    for part_key in stale:
+        del table.data[part_key]
+        table.send_changelog(partition, part_key, None)
+
+
+CHUNKED = "__chunked__"  # the head of a value written in parts (``_table_put``)
+SEAL_KEY = "__seal__"  # a marker after a checkpoint (``build_app``), never read
+
+
+def _table_set(table: faust.Table, partition: int, key: str, data: bytes) -> None:
+    table.data[key] = data
+    table.send_changelog(partition, key, data)
+
+
+def _chunked(raw: bytes | None) -> dict | None:
+    """The parts a head names, or None when ``raw`` is a whole value (or absent)."""
+    if raw is None or not raw.startswith(b'{"' + CHUNKED.encode()):
+        return None
+    return orjson.loads(raw)[CHUNKED]
+
+
+def _table_get(table: faust.Table, key: str) -> Any:
+    """The value ``_table_put`` wrote under ``key`` (None when there is none)."""
+    raw = table.data.get(key)
+    if raw is None:
+        return None
+    head = _chunked(raw)
+    if head is None:
+        return orjson.loads(raw)
+    parts = [table.data.get(f"{key}#{head['slot']}.{i}") for i in range(head["parts"])]
+    if any(part is None for part in parts):  # the parts precede their head: never expected
+        raise RuntimeError(f"checkpoint {key!r}: {parts.count(None)} of {len(parts)} parts "
+                           f"missing from table {table.name!r}")
+    return orjson.loads(b"".join(parts))
 
 
 def _strip(record: dict) -> dict:
@@ -549,10 +601,14 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         web_enabled=False,
     )
     app.transport.Consumer = _fetch_wait_consumer(kafka.fetch_wait_ms, kafka.fetch_min_bytes)
-    outputs = Outputs(bootstrap)
+    outputs = Outputs(bootstrap, kafka.output_linger_ms)
     pipeline = Pipeline(settings, outputs, bootstrap)
-    window_state = app.Table("window-state", default=None, partitions=kafka.partitions)
-    alert_state = app.Table("alert-state", default=None, partitions=kafka.partitions)
+    # JSON bytes, read and written by _table_get / _table_put (large values in parts); a
+    # checkpoint written by the json codec before reads the same.
+    window_state = app.Table("window-state", default=None, partitions=kafka.partitions,
+                             value_type=bytes)
+    alert_state = app.Table("alert-state", default=None, partitions=kafka.partitions,
+                            value_type=bytes)
     app.riskstream_pipeline = pipeline  # for tests and introspection
 
     dirty: set[tuple[str, int]] = set()  # partitions scored since their last checkpoint
@@ -566,6 +622,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         checkpoint_due[0] = time.monotonic() + kafka.checkpoint_interval_s
         if not dirty:
             return
+        seal()  # the previous checkpoint, long sent: whole on recovery once this follows it
         outputs.flush()
         # released partitions are left out: their last checkpoint was written at revocation
         live = [(stream, partition) for stream, partition in dirty
@@ -574,9 +631,33 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         for stream, partition in live:
             agg, offset = pipeline.windows[(stream, partition)]
             key = f"{stream}:{partition}"
-            _table_put(window_state, partition, key, {"offset": offset, "windows": agg.to_state()})
-            _table_put(alert_state, partition, key, alert_states[key])
+            _table_put(window_state, partition, key, {"offset": offset, "windows": agg.to_state()},
+                       kafka.checkpoint_chunk_bytes)
+            _table_put(alert_state, partition, key, alert_states[key],
+                       kafka.checkpoint_chunk_bytes)
+            written.add(partition)
         dirty.clear()
+
+    # Tansu 0.6 reports a partition's end offset as its last batch's base offset + 1, and a
+    # Faust recovery reads a changelog up to that end only: the records after the first of
+    # the last batch are not restored. A marker record after a checkpoint, in a later batch,
+    # keeps the checkpoint whole: each checkpoint starts with one for the changelog partitions
+    # the previous one wrote, and the final checkpoint (shutdown, revocation) is followed by
+    # one once it is delivered. A crash loses at most the latest checkpoint, whose parts
+    # (``_table_put``) never overwrite the one before: the worker restarts from that one.
+    written: set[int] = set()
+
+    def seal() -> None:
+        for partition in written:
+            for table in (window_state, alert_state):
+                _table_set(table, partition, SEAL_KEY, b"{}")
+        written.clear()
+
+    async def checkpoint_sealed() -> None:
+        checkpoint()
+        await app.producer.flush()
+        seal()
+        await app.producer.flush()
 
     def scoring_agent(stream: str):
         topic = app.topic(VALIDATED[stream], value_serializer="raw", key_serializer="raw")
@@ -589,7 +670,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 state_key = f"{stream}:{partition}"
                 entry = pipeline.windows.get((stream, partition))
                 if entry is None:
-                    entry = pipeline.aggregator(stream, partition, window_state.get(state_key))
+                    entry = pipeline.aggregator(stream, partition,
+                                                 _table_get(window_state, state_key))
                 agg, applied = entry
                 if offset <= applied:
                     # Replayed after a restart: already in the windows and outputs; the models
@@ -598,7 +680,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                         pipeline.relearn(stream, partition, orjson.loads(event.value), offset)
                     event.ack()
                     continue
-                pipeline.alert_slice(state_key, alert_state.get(state_key))
+                pipeline.alert_slice(state_key, _table_get(alert_state, state_key))
                 with metrics.BATCH_SECONDS.labels(stream).time():
                     outputs.begin()
                     pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)
@@ -630,9 +712,10 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     async def _final_snapshots(app: faust.App, **kwargs: Any) -> None:
         # Best effort, each on its own: a failure is logged and the worker still stops (the
         # next start replays from the last checkpoint and snapshot).
-        for step in (checkpoint, pipeline.close):
+        for step in (checkpoint_sealed, pipeline.close):
             try:
-                step()
+                if asyncio.iscoroutine(done := step()):
+                    await done
             except Exception:  # logged with its traceback
                 log.exception("shutdown: %s failed", step.__name__)
 
@@ -640,7 +723,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     async def _hand_over(app: faust.App, revoked: set, **kwargs: Any) -> None:
         # The new owner restores these partitions' state from the checkpoint and the models
         # from the snapshot written here.
-        checkpoint()
+        await checkpoint_sealed()
         for tp in revoked:
             if tp.topic == VALIDATED[SYSTEM_METRICS]:
                 pipeline.release(SYSTEM_METRICS, tp.partition)

@@ -41,11 +41,18 @@ class KafkaSettings(BaseSettings):
     # at most once per wait unless a good batch is ready.
     fetch_min_bytes: int = Field(64 * 1024, ge=1)
     background_fetch_min_bytes: int = Field(1024 * 1024, ge=1)
+    # How long the worker's producer gathers outputs into one request (librdkafka linger.ms).
+    # Ten output topics fan out into many partition batches, and Tansu's cost is per batch
+    # it holds (pipelines/broker.py: every fetch lists a partition's stored batches).
+    output_linger_ms: int = Field(25, ge=0)
     # The worker checkpoints its window and alert state (Faust tables), and the gateway
     # commits its input offsets, at most this often, each after its outputs so far are
     # acknowledged. A worker crash replays at most this much of outputs again (at-least-once;
     # the warehouse deduplicates by event id); the gateway forwards exactly once regardless.
     checkpoint_interval_s: float = Field(1.0, gt=0)
+    # A checkpoint's state of one input partition over this many bytes of JSON goes to its
+    # table in parts: under a broker's message size limit (Kafka's default 1 MiB).
+    checkpoint_chunk_bytes: int = Field(256 * 1024, ge=1024)
 
 
 class ValidationSettings(BaseSettings):

@@ -1,0 +1,177 @@
+"""The worker's checkpoint of window and alert state (pipelines/app.py): a partition's state
+bigger than a Kafka message goes to its table in parts, and comes back whole."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+from factories import make_transaction
+from processes import Process, wait_until
+
+from pipelines.app import _table_get, _table_put
+from pipelines.broker import EmbeddedBroker, ensure_topics
+from pipelines.topics import AGGREGATES, TRANSACTIONS
+
+CHUNK = 1024
+
+
+class Table:
+    """What ``_table_put`` / ``_table_get`` use of a Faust table: its data and its changelog."""
+
+    name = "window-state"
+
+    def __init__(self, data: dict | None = None) -> None:
+        self.data = dict(data or {})
+        self.changelog: list[tuple[int, str, bytes | None]] = []
+
+    def send_changelog(self, partition: int, key: str, value: bytes | None) -> None:
+        self.changelog.append((partition, key, value))
+
+
+def restored(changelog: list) -> Table:
+    """A new worker's table: the changelog applied in order, a None value deletes its key (as
+    Faust's store recovers it)."""
+    data: dict = {}
+    for _, key, value in changelog:
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return Table(data)
+
+
+def state(n: int) -> dict:
+    return {"offset": n, "windows": {"windows": [[f"merchant-{i}", 60_000 * i, 1, 2.5]
+                                                 for i in range(n)]}}
+
+
+def test_a_small_state_is_one_message_and_reads_back():
+    table = Table()
+    _table_put(table, 3, "transactions:3", state(5), CHUNK)
+    assert [(p, k) for p, k, _ in table.changelog] == [(3, "transactions:3")]
+    assert _table_get(restored(table.changelog), "transactions:3") == state(5)
+    assert _table_get(table, "transactions:9") is None
+
+
+def test_a_state_over_the_limit_goes_in_parts_every_message_under_it():
+    table = Table()
+    big = state(400)
+    assert len(orjson.dumps(big)) > 10 * CHUNK
+    _table_put(table, 1, "transactions:1", big, CHUNK)
+    sizes = [len(v) for _, _, v in table.changelog]
+    assert len(sizes) > 10 and max(sizes) <= CHUNK
+    assert {p for p, _, _ in table.changelog} == {1}  # the input partition's changelog partition
+    assert table.changelog[-1][1] == "transactions:1"  # the head last, after its parts
+    assert _table_get(table, "transactions:1") == big
+    assert _table_get(restored(table.changelog), "transactions:1") == big
+
+
+def test_a_crash_in_the_middle_of_a_checkpoint_leaves_the_previous_one_whole():
+    table = Table()
+    _table_put(table, 0, "k", state(300), CHUNK)
+    first = list(table.changelog)
+    _table_put(table, 0, "k", state(310), CHUNK)
+    second = table.changelog[len(first):]
+    head = [k for _, k, _ in second].index("k")  # its parts, the head, then the old parts go
+    # the worker dies after writing some parts of the second checkpoint, before its head
+    for cut in (1, head // 2, head):
+        assert _table_get(restored(first + second[:cut]), "k") == state(300)
+    for cut in (head + 1, len(second)):
+        assert _table_get(restored(first + second[:cut]), "k") == state(310)
+    # the next checkpoint writes the other slot again: the second's slot stays whole meanwhile
+    _table_put(table, 0, "k", state(320), CHUNK)
+    third = table.changelog[len(first) + len(second):]
+    assert _table_get(restored(first + second + third[:3]), "k") == state(310)
+
+
+def test_parts_no_longer_named_are_deleted():
+    table = Table()
+    _table_put(table, 0, "k", state(300), CHUNK)
+    _table_put(table, 0, "k", state(2), CHUNK)  # small again: one message, parts tombstoned
+    after = restored(table.changelog)
+    assert set(after.data) == set(table.data) == {"k"}
+    assert _table_get(after, "k") == state(2)
+
+
+def test_a_checkpoint_written_by_fausts_json_codec_reads_the_same():
+    # the worker's tables were JSON-serialised by Faust before they were raw bytes
+    from faust.serializers import codecs
+
+    table = Table({"k": codecs.dumps("json", state(3))})
+    assert _table_get(table, "k") == state(3)
+
+
+@pytest.mark.integration
+def test_windows_bigger_than_a_message_are_back_after_a_worker_restart(tmp_path):
+    """A worker checkpoints a minute of 300 merchants' windows (in parts: the limit is 1 KiB
+    here) and stops; a new worker closes that minute: its aggregates hold every event, which
+    only the restored checkpoint knew."""
+    import time
+
+    minute = 60_000
+    start = (int(time.time() * 1000) // minute - 5) * minute  # a minute 5 minutes ago
+    merchants = [f"merchant-{i:03d}" for i in range(300)]
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, partitions=1)
+        env = {"RISKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+               "RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
+               "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake"),
+               "RISKSTREAM_KAFKA_PARTITIONS": "1",
+               "RISKSTREAM_KAFKA_CHECKPOINT_CHUNK_BYTES": str(CHUNK)}
+        producer = Producer({"bootstrap.servers": broker.bootstrap})
+
+        def send(events: list[dict]) -> None:
+            for e in events:
+                producer.produce(TRANSACTIONS, key=e["card_id"], value=orjson.dumps(e))
+            producer.flush(30)
+
+        # (the worker creates its changelog topic: the subscription looks for it every second)
+        changelog = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "t-changelog",
+                              "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                              "topic.metadata.refresh.interval.ms": 1000})
+        changelog.subscribe(["riskstream-window-state-changelog"])
+        heads: list[dict] = []
+
+        def chunked_head() -> bool:
+            for m in changelog.consume(500, timeout=0.5):
+                if m.error() is None and m.value() and m.value().startswith(b'{"__chunked__'):
+                    heads.append(orjson.loads(m.value()))
+            return bool(heads)
+
+        first = Process(["worker"], env, tmp_path / "worker-1.log")
+        try:
+            send([make_transaction(now_ms=start + i * 100, card_id=f"card-{i}",
+                                   merchant_id=m, amount=10.0) for i, m in enumerate(merchants)])
+            wait_until(chunked_head, timeout_s=90, what="a checkpoint written in parts")
+        finally:
+            assert first.stop() == 0, first.log()
+        changelog.close()
+
+        aggregates = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "t-aggregates",
+                               "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+        aggregates.subscribe([AGGREGATES])
+        counts: dict[str, int] = {}
+
+        def closed_minute() -> bool:
+            for m in aggregates.consume(500, timeout=0.5):
+                if m.error() is None:
+                    row = orjson.loads(m.value())
+                    if row["stream"] == TRANSACTIONS and row["window_start"] == start:
+                        counts[row["group_key"]] = counts.get(row["group_key"], 0) + row["count"]
+            return len(counts) >= len(merchants)
+
+        second = Process(["worker"], env, tmp_path / "worker-2.log")
+        try:
+            # one more event per merchant in the same minute, then one two minutes later: the
+            # watermark passes the minute and the new worker emits its windows
+            send([make_transaction(now_ms=start + 40_000 + i, card_id=f"card-{i}",
+                                   merchant_id=m, amount=10.0) for i, m in enumerate(merchants)])
+            send([make_transaction(now_ms=start + 3 * minute, card_id="card-late",
+                                   merchant_id="merchant-late")])
+            wait_until(closed_minute, timeout_s=90, what="the minute's aggregates")
+        finally:
+            second.stop()
+            aggregates.close()
+        assert counts == dict.fromkeys(merchants, 2)  # the first worker's event and the new one
+        assert heads[-1]["__chunked__"]["parts"] > 1
