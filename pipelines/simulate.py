@@ -117,7 +117,9 @@ def run_simulator(
         producer = Producer(producer_config(
             bootstrap,
             **{
-                "linger.ms": 20,
+                # batches, not records: the embedded broker's cost is per batch it holds
+                # (pipelines/broker.py)
+                "linger.ms": 50,
                 "compression.type": "none",
                 "queue.buffering.max.messages": 500_000,
                 "delivery.report.only.error": True,
