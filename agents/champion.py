@@ -78,8 +78,10 @@ SCORERS = {"transactions": TransactionScorer, "applications": ApplicationScorer}
 # roles' quality must be measured over the same labels to be comparable; not the state
 # bounds (max_cards, ...): memory is sized for the champion.
 CHALLENGER_PARAMS = frozenset({"seed", "min_labels", "learning_rate", "negative_rate",
-                               "review_at", "decline_at", "alert_share", "n_reasons"})
-_INTEGER_PARAMS = frozenset({"seed", "min_labels", "n_reasons"})
+                               "review_at", "decline_at", "alert_share", "n_reasons",
+                               "prior_strength", "prior_examples", "replay", "replay_until"})
+_INTEGER_PARAMS = frozenset({"seed", "min_labels", "n_reasons", "prior_examples", "replay",
+                             "replay_until"})
 CHALLENGER_TAG = "@challenger"  # appended to model_version of the records it decided
 # The share's hash is keyed: which events the challenger decides is unrelated to any other
 # use of event ids (partitioning, dedup).

@@ -147,7 +147,8 @@ class ModelSettings(BaseSettings):
     # What makes a new challenger differ: scorer arguments as JSON, e.g.
     # RISKSTREAM_MODEL_CHALLENGER_PARAMS='{"learning_rate": 0.003, "negative_rate": 0.2}'
     # (seed, min_labels, learning_rate, negative_rate, review_at, decline_at, alert_share,
-    # n_reasons). Used when the challenger's slot has no snapshot; a snapshot keeps its own.
+    # n_reasons, and the cold start's prior_strength, prior_examples, replay, replay_until:
+    # agents/fraud.py). Used when the challenger's slot has no snapshot; a snapshot keeps its own.
     challenger_params: dict[str, int | float] = Field(default_factory=dict)
     # A new challenger starts as a copy of the champion's state ("copy": same history,
     # differs from now on by its params) or untrained ("cold": learns from the labels).

@@ -134,7 +134,8 @@ def test_per_key_state_is_bounded():
 # ----------------------------------------------------------------------------- the scorer
 
 def test_score_is_the_river_pipelines_probability_corrected_for_negative_sampling():
-    scorer = TransactionScorer(seed=3, min_labels=20)
+    # without the cold start's priors (they stand in for weights River does not have yet)
+    scorer = TransactionScorer(seed=3, min_labels=20, prior_strength=0.0)
     rng = random.Random(3)
     for i in range(600):
         fraud = rng.random() < 0.1
@@ -210,6 +211,97 @@ def test_learns_a_compromised_merchant_from_delayed_labels():
     assert compromised["score"] > max(others)
     assert "merchant_fraud_risk" in compromised["reasons"] or \
         "merchant_fraud_episode" in compromised["reasons"]
+
+
+def _train_genuine(scorer: TransactionScorer, n: int, start: int = 0) -> None:
+    """``n`` genuine transactions at merchants m0-m9, each labelled at once."""
+    for i in range(start, start + n):
+        e = txn(i, card_id=f"c{i % 40}", merchant_id=f"m{i % 10}", amount=20.0 + i % 13)
+        scorer.score_record(e, T0)
+        scorer.learn_label(e["event_id"], 0)
+
+
+def test_a_label_fed_feature_weighs_its_prior_until_the_classifier_has_learned_it():
+    # no replay, every genuine label learned: the examples are counted exactly
+    scorer = TransactionScorer(seed=4, min_labels=20, negative_rate=1.0, replay=0,
+                               prior_examples=30)
+    risk = scorer.feature_names.index("merchant_risk_7d")
+    prior = TransactionScorer.label_feedback_priors["merchant_risk_7d"]
+    _train_genuine(scorer, 200)
+    # a fraud at m1 becomes known: m1's next transactions carry merchant risk, a feature no
+    # learned example has shown yet (its standard deviation is 0: River alone gives it 0)
+    fraud = txn(200, card_id="c0", merchant_id="m1")
+    scorer.score_record(fraud, T0)
+    scorer.learn_label(fraud["event_id"], 1)
+    _, v, _ = scorer.score_one(txn(201, card_id="c5", merchant_id="m1"))
+    assert v[risk] > 0
+    contribution = scorer.explain(v)["merchant_risk_7d"]
+    assert contribution == pytest.approx(prior * (v[risk] - scorer._means[risk]))
+    # the same transaction at a merchant without known fraud scores lower
+    at_m1 = scorer.score_one(txn(202, card_id="c6", merchant_id="m1"))[0]
+    at_m2 = scorer.score_one(txn(203, card_id="c6", merchant_id="m2"))[0]
+    assert at_m1 > at_m2
+    # learned examples with the feature non-zero: at the 30th the classifier takes over,
+    # starting from the prior (the folded coefficient is the prior, not a jump to 0)
+    for i in range(204, 260):
+        e = txn(i, card_id=f"c{i % 40}", merchant_id="m1")
+        scorer.score_record(e, T0)
+        scorer.learn_label(e["event_id"], 0)
+        if i == 220:
+            assert risk in scorer._cold()  # 17 examples so far: still the prior
+    scorer.sync()
+    assert risk not in scorer._cold()
+    var = scorer._standardizer().vars[risk]
+    assert var > 0 and scorer._classifier.weights["merchant_risk_7d"] != 0.0
+    # without priors the feature stays silent until the classifier learns it
+    plain = TransactionScorer(seed=4, min_labels=20, negative_rate=1.0, replay=0,
+                              prior_strength=0.0)
+    _train_genuine(plain, 200)
+    plain.score_record(fraud, T0)
+    plain.learn_label(fraud["event_id"], 1)
+    _, v, _ = plain.score_one(txn(201, card_id="c5", merchant_id="m1"))
+    assert v[risk] > 0 and plain.explain(v)["merchant_risk_7d"] == 0.0
+
+
+def test_the_seeded_weight_keeps_the_priors_coefficient():
+    scorer = TransactionScorer(seed=4, min_labels=20, negative_rate=1.0, replay=0,
+                               prior_examples=5)
+    risk = scorer.feature_names.index("merchant_risk_7d")
+    _train_genuine(scorer, 100)
+    for i in range(100, 140):  # frauds at m1, each known at once
+        e = txn(i, card_id=f"c{i % 40}", merchant_id="m1")
+        scorer.score_record(e, T0)
+        scorer.learn_label(e["event_id"], 1 if i < 103 else 0)
+        if scorer._active.get("merchant_risk_7d", 0) >= 5:
+            break
+    assert risk in scorer._cold()
+    scorer.sync()
+    # seeded by the refresh that found 5 examples: the weight is prior x sd, the folded
+    # coefficient the prior itself
+    assert risk not in scorer._cold()
+    sd = math.sqrt(scorer._standardizer().vars[risk])
+    prior = TransactionScorer.label_feedback_priors["merchant_risk_7d"]
+    assert scorer._coef[risk] == pytest.approx(prior)
+    assert scorer._classifier.weights["merchant_risk_7d"] == pytest.approx(prior * sd)
+
+
+def test_a_young_model_replays_its_buffer_then_stops():
+    scorer = TransactionScorer(seed=6, min_labels=20, negative_rate=1.0, replay=2,
+                               replay_until=300, replay_size=50)
+    steps = scorer._classifier.optimizer
+    _train_genuine(scorer, 300)
+    # young: each learned example and two drawn from the buffer (bounded at 50)
+    assert steps.n_iterations == 3 * 300 and len(scorer._replay) == 50
+    _train_genuine(scorer, 100, start=300)
+    # grown up: one step a label, the buffer dropped
+    assert steps.n_iterations == 3 * 300 + 100 and scorer._replay == []
+
+
+@pytest.mark.parametrize("name, value", [("replay", -1), ("prior_strength", -0.5),
+                                         ("replay_until", -3)])
+def test_cold_start_settings_must_not_be_negative(name, value):
+    with pytest.raises(ValueError, match=name):
+        TransactionScorer(**{name: value})
 
 
 def test_same_seed_same_scores():

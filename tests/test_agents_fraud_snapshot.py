@@ -81,6 +81,8 @@ def test_restore_and_continue_scores_as_never_stopped(tmp_path, make, factory):
     # the interesting case: a trained classifier, detector past its first window, events
     # pending their labels, some expired as genuine
     assert first.n_labels > 50 and first.n_pending > 100 and first.stats()["expired_as_genuine"]
+    # ... and young: replaying its buffer, some label-fed features still on their priors
+    assert first._replay and first._cold()
     store = SnapshotStore(tmp_path)
     store.save("transactions-model", first.to_state(), model=type(first).__name__,
                state_version=STATE_VERSION, feature_schema=first.feature_schema,
@@ -94,6 +96,27 @@ def test_restore_and_continue_scores_as_never_stopped(tmp_path, make, factory):
     after = run(restored, events, labels, 1700, len(events))
     assert before + after == expected  # exactly: floats survive JSON
     assert restored.stats() == reference.stats()
+
+
+def test_a_state_from_before_the_cold_start_loads_as_a_grown_model():
+    """A version-3 state has no ``cold`` or ``replay``: the features that varied are the
+    classifier's own, the others wait on their priors; nothing is replayed."""
+    events = transactions(2000)
+    labels = delayed_labels(events, delay=150)
+    first = TransactionScorer(min_labels=50)
+    run(first, events, labels, 0, 1500)
+    state = first.to_state()
+    del state["cold"], state["replay"]
+    state["scaler"]["vars"]["card_known_fraud"] = 0.0  # as if no card fraud had been learned
+    restored = TransactionScorer(min_labels=50)
+    restored.load_state(state)
+    variances = restored._standardizer().vars.tolist()
+    names = set(TransactionScorer.label_feedback_priors)
+    waiting = {restored.feature_names[i] for i in restored._cold()}
+    assert waiting == {n for n in names if variances[restored.feature_names.index(n)] == 0.0}
+    assert restored._replay == [] and restored._active == {}
+    assert waiting == {"card_known_fraud"}
+    run(restored, events, labels, 1500, 2000)  # and it goes on
 
 
 def test_a_snapshot_of_other_features_is_refused(tmp_path):
