@@ -182,7 +182,8 @@ class ChampionChallenger:
         ``restore`` loads each role from its slot)."""
         scorer_cls = SCORERS[stream]
         base = {"seed": model.seed, "label_ttl_s": model.label_ttl_s,
-                "quality_window": model.quality_window}
+                "quality_window": model.quality_window,
+                "prior_strength": model.prior_strength, "replay": model.replay}
 
         def make(params: dict) -> Any:
             return scorer_cls(**{**base, **params})

@@ -188,6 +188,8 @@ class _Scorer:
         # the scaler's numbers as arrays (``_Standardizer``), written into ``_scaler`` by
         # ``sync()`` and ``to_state()``
         self._std = _Standardizer(0)
+        # the classifier's learning over arrays (``_Logistic``), built at first use
+        self._lr: _Logistic | None = None
         # Adam: per-feature step sizes; rare indicators (amount bands, merchant episodes) learn
         # as fast as dense features.
         self._classifier = linear_model.LogisticRegression(
@@ -342,18 +344,18 @@ class _Scorer:
 
     def _refresh(self) -> None:
         """Fold the scaler into the classifier's weights (after the model learned)."""
-        weights = self._classifier.weights
+        weights = self._learner().w
         std = self._standardizer()
         variances = std.vars.tolist()
-        coef = [weights.get(name, 0.0) / math.sqrt(var) if var > 0.0 else 0.0
-                for name, var in zip(self._names, variances)]
+        coef = [w / math.sqrt(var) if var > 0.0 else 0.0
+                for w, var in zip(weights.tolist(), variances)]
         unseeded = self._cold()
         if unseeded:
             for i, prior in list(unseeded.items()):
                 name, var = self._names[i], variances[i]
                 if var > 0.0 and self._active.get(name, 0) >= self.prior_examples:
                     # the classifier takes over from the prior, without a jump in the score
-                    self._classifier._weights[name] = prior * math.sqrt(var)
+                    weights[i] = prior * math.sqrt(var)
                     del unseeded[i]
                 coef[i] = prior
             if not unseeded:
@@ -399,10 +401,17 @@ class _Scorer:
 
     def sync(self) -> None:
         """Fold the latest learned weights in now (scoring does it every few examples), and
-        write the scaler's numbers into the River ``StandardScaler``."""
+        write the scaler's numbers into the River ``StandardScaler`` and the weights into the
+        River ``LogisticRegression``."""
         if self._stale:
             self._refresh()
         self._standardizer().to_river(self._scaler, self._names)
+        self._learner().to_river()
+
+    def _learner(self) -> _Logistic:
+        if self._lr is None:  # (the names are set by the subclass)
+            self._lr = _Logistic(self._classifier, self._names)
+        return self._lr
 
     def _standardizer(self) -> _Standardizer:
         if len(self._std.means) != len(self._names):  # (the names are set by the subclass)
@@ -459,8 +468,7 @@ class _Scorer:
                     active[names[i]] = active.get(names[i], 0) + 1
         std = self._standardizer()
         std.learn(values)
-        learn_one, names = self._classifier.learn_one, self._names
-        learn_one(dict(zip(names, std.transform(values))), bool(label))
+        self._learner().learn(std.standardize(values), label)
         if self.replay and self._n_labels <= self.replay_until:
             self._replay_learn(blob, label)
         elif self._replay:  # the model is past its youth
@@ -477,12 +485,10 @@ class _Scorer:
         else:
             k = rng.randrange(len(buffer))
             buffer[k], labels[k] = entry, label
-        std, names = self._std, self._names
-        learn_one = self._classifier.learn_one
+        standardize, learn = self._std.standardize, self._lr.learn
         for _ in range(self.replay):
             k = rng.randrange(len(buffer))
-            learn_one(dict(zip(names, std.transform(self._values_of(buffer[k])))),
-                      bool(labels[k]))
+            learn(standardize(self._values_of(buffer[k])), labels[k])
 
     def _expire(self, before_ms: int | None) -> None:
         """Learn as genuine the pending events older than ``before_ms`` (or the oldest one,
@@ -523,6 +529,7 @@ class _Scorer:
         det = self._detector
         self._hst.sync()
         self._standardizer().to_river(self._scaler, self._names)
+        lr = self._learner()
         pending = self._pending
         heads = [_HEAD.unpack_from(e) for e in pending.values()]  # (event time, score)
         blob = self._values_blob(list(pending.values()))
@@ -540,10 +547,10 @@ class _Scorer:
             "scaler": {"counts": dict(self._scaler.counts), "means": dict(self._scaler.means),
                        "vars": dict(self._scaler.vars)},
             "classifier": {
-                "weights": clf._weights.to_dict(), "intercept": clf.intercept,
+                "weights": lr.named(lr.w), "intercept": clf.intercept,
                 "n_iterations": adam.n_iterations,
-                "m": None if adam.m is None else dict(adam.m.items()),
-                "v": None if adam.v is None else dict(adam.v.items())},
+                "m": None if adam.m is None else lr.named(adam.m),
+                "v": None if adam.v is None else lr.named(adam.v)},
             "folded": {"coef": list(self._coef), "means": list(self._means),
                        "bias": self._bias, "stale": self._stale,
                        "learned_since_refresh": self._learned_since_refresh},
@@ -611,6 +618,7 @@ class _Scorer:
         adam.n_iterations = c["n_iterations"]
         adam.m = None if c["m"] is None else utils.VectorDict(c["m"])
         adam.v = None if c["v"] is None else utils.VectorDict(c["v"])
+        self._lr = None  # rebuilt from the River model
         f = state["folded"]
         self._coef, self._means, self._bias = f["coef"], f["means"], f["bias"]
         self._stale, self._learned_since_refresh = f["stale"], f["learned_since_refresh"]
@@ -723,6 +731,13 @@ class _Standardizer:
         return [(xi - m) / v ** 0.5 if v else 0.0
                 for xi, m, v in zip(values, self.means.tolist(), self.vars.tolist())]
 
+    def standardize(self, values: list[float]) -> np.ndarray:
+        """``transform`` as an array (numpy's square root: the same to the last bit or
+        one ulp)."""
+        sd = np.sqrt(self.vars)
+        return np.divide(np.array(values, dtype=np.float64) - self.means, sd,
+                         out=np.zeros(len(sd)), where=sd > 0.0)
+
     def to_river(self, scaler: preprocessing.StandardScaler, names: tuple[str, ...]) -> None:
         """Write the numbers learned since the last call into ``scaler``."""
         if self.dirty:
@@ -739,6 +754,53 @@ class _Standardizer:
         new.means[:] = [scaler.means.get(k, 0.0) for k in names]
         new.vars[:] = [scaler.vars.get(k, 0.0) for k in names]
         return new
+
+
+class _Logistic:
+    """River's ``LogisticRegression.learn_one`` for a fixed list of features that every
+    example has, over numpy arrays: the weights in ``names`` order, and River's own loss
+    gradient, gradient clipping, intercept schedule and optimizer step (River's optimizers
+    take arrays: its ``learn_many`` path). The steps of ``learn_one``, in its order; the dot
+    product sums in another order, so the weights agree with River's to ~1e-12 (relative),
+    not bit for bit. ~10 us a learned example where River's dict path took ~90 us.
+
+    The weights live here: ``to_river`` writes them into the River model (``sync``,
+    snapshots); the optimizer's moments stay arrays in River's ``Adam``.
+    """
+
+    __slots__ = ("clf", "names", "w")
+
+    def __init__(self, clf: linear_model.LogisticRegression, names: tuple[str, ...]) -> None:
+        self.clf, self.names = clf, names
+        self.w = self.array(clf._weights)
+        adam = clf.optimizer
+        if adam.m is not None and not isinstance(adam.m, np.ndarray):
+            adam.m, adam.v = self.array(adam.m), self.array(adam.v)
+
+    def array(self, values) -> np.ndarray:
+        """A River dict of feature values (or a ``VectorDict``) as an array."""
+        d = values.to_dict() if hasattr(values, "to_dict") else values
+        return np.array([d.get(k, 0.0) for k in self.names], dtype=np.float64)
+
+    def named(self, values) -> dict[str, float]:
+        """An array (or a River dict) as ``{feature: value}``."""
+        if isinstance(values, np.ndarray):
+            return dict(zip(self.names, values.tolist()))
+        return dict(values.to_dict() if hasattr(values, "to_dict") else values)
+
+    def learn(self, z: np.ndarray, label: int) -> None:
+        """``clf.learn_one(dict(zip(names, z)), bool(label))``."""
+        clf = self.clf
+        opt = clf.optimizer
+        opt.look_ahead(w=self.w)
+        g = clf.loss.gradient(y_true=bool(label), y_pred=float(self.w @ z) + clf.intercept)
+        clip = clf.clip_gradient
+        g = -clip if g < -clip else min(g, clip)
+        clf.intercept -= clf.intercept_lr.get(opt.n_iterations) * g
+        self.w = opt.step(w=self.w, g=g * z)
+
+    def to_river(self) -> None:
+        self.clf._weights = utils.VectorDict(self.named(self.w), self.clf.initializer)
 
 
 class _Fifo:

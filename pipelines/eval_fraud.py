@@ -377,7 +377,8 @@ def print_figures(name: str, f: dict[str, Any], k: int = 100) -> None:
 
 def simulate(n_messages: int, *, seed: int = 7, label_ttl_ms: int | None = None,
              scorer_seed: int = 42, progress: bool = True,
-             sim_overrides: dict | None = None) -> dict[str, Replay]:
+             sim_overrides: dict | None = None,
+             scorer_params: dict | None = None) -> dict[str, Replay]:
     """Replay ``n_messages`` of the simulator (transactions, applications, labels) through
     both scorers, labels arriving when the simulator sends them.
 
@@ -403,8 +404,8 @@ def simulate(n_messages: int, *, seed: int = 7, label_ttl_ms: int | None = None,
     sim = Simulator(config, start_ms)
     validator = Validator(ValidationSettings(max_age_s=10 ** 9),
                           PiiSettings(hmac_key=SecretStr("riskstream-eval-" * 2)))
-    scorers = {TRANSACTIONS: TransactionScorer(seed=scorer_seed, label_ttl_s=ttl_ms / 1000),
-               APPLICATIONS: ApplicationScorer(seed=scorer_seed, label_ttl_s=ttl_ms / 1000)}
+    params = {"seed": scorer_seed, "label_ttl_s": ttl_ms / 1000, **(scorer_params or {})}
+    scorers = {TRANSACTIONS: TransactionScorer(**params), APPLICATIONS: ApplicationScorer(**params)}
     key_field = {TRANSACTIONS: "card_id", APPLICATIONS: "applicant_id"}
     rows: dict[str, dict[str, list]] = {s: {"id": [], "score": [], "t": [], "key": [],
                                             "decision": []} for s in scorers}
@@ -477,6 +478,9 @@ def run(args, settings=None) -> int:
         ttl = getattr(args, "label_ttl", None)
         ttl_ms = parse_duration_ms(ttl) if ttl is not None else None
         seed = settings.model.seed if settings is not None else 42
+        # the worker's cold start (RISKSTREAM_MODEL_PRIOR_STRENGTH, _REPLAY)
+        cold = ({"prior_strength": settings.model.prior_strength,
+                 "replay": settings.model.replay} if settings is not None else {})
         results: dict[str, Any] = {}
         if data is not None:
             from agents.fraud import TransactionScorer
@@ -487,7 +491,7 @@ def run(args, settings=None) -> int:
                   f"label delay {delay_ms / DAY_MS:g} d, warm-up {warmup_ms / DAY_MS:g} d",
                   file=sys.stderr, flush=True)
             kwargs = {"label_ttl_s": ttl_ms / 1000} if ttl_ms is not None else {}
-            scorer = TransactionScorer(seed=seed, **kwargs)
+            scorer = TransactionScorer(seed=seed, **kwargs, **cold)
             if ttl_ms is not None and ttl_ms < delay_ms:
                 print("[eval fraud] warning: --label-ttl is shorter than --label-delay: "
                       "events are learned as genuine before their label", file=sys.stderr)
@@ -499,7 +503,8 @@ def run(args, settings=None) -> int:
             results = f
         else:
             warmup_ms = parse_duration_ms(args.warmup if args.warmup is not None else "10m")
-            replays = simulate(int(simulate_n), label_ttl_ms=ttl_ms, scorer_seed=seed)
+            replays = simulate(int(simulate_n), label_ttl_ms=ttl_ms, scorer_seed=seed,
+                               scorer_params=cold)
             for stream_name, replay in replays.items():
                 f = figures(replay, warmup_ms=warmup_ms)
                 f.update(source=f"simulator:{simulate_n}", warmup_ms=warmup_ms)

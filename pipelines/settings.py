@@ -125,6 +125,12 @@ class ModelSettings(BaseSettings):
     seed: int = 42
     # Scored events wait this long for a label before they are learned as genuine.
     label_ttl_s: int = 30 * 24 * 3600
+    # The fraud scorers' cold start (agents/fraud.py): the weight of the priors of the
+    # label-fed features (0: none), and how many buffered examples a young model replays per
+    # learned one (0: none; it helps a model whose labels come days late, and costs precision
+    # at the top on a stream where everything starts at once, like the simulator's).
+    prior_strength: float = Field(1.0, ge=0)
+    replay: int = Field(2, ge=0)
     # Metric samples scoring above this are published on metric-anomalies.
     anomaly_threshold: float = Field(0.9, ge=0, le=1)
     window_size_ms: int = 60_000

@@ -143,6 +143,12 @@ def test_challenger_settings_and_invalid_params():
     assert models.challenger.learning_rate == 0.003 and models.challenger.min_labels == 30
     assert models.challenger.seed == models.champion.seed + 1       # seed differs by default
     assert models.challenger.label_ttl_s == models.champion.label_ttl_s == 86_400
+    # the cold start's settings reach both roles; a challenger may change them
+    models = ChampionChallenger.from_settings("transactions", _settings(
+        replay=0, prior_strength=0.5, challenger_enabled=True,
+        challenger_params={"replay": 1}))
+    assert models.champion.replay == 0 and models.champion.prior_strength == 0.5
+    assert models.challenger.replay == 1 and models.challenger.prior_strength == 0.5
     with pytest.raises(ChallengerParamsInvalid, match="label_ttl_s cannot differ.*allowed: "):
         ChampionChallenger.from_settings("transactions", _settings(
             challenger_enabled=True, challenger_params={"label_ttl_s": 5}))

@@ -154,6 +154,39 @@ def test_score_is_the_river_pipelines_probability_corrected_for_negative_samplin
     assert set(contributions) == set(scorer.feature_names)
 
 
+def test_the_array_learner_learns_as_rivers_logistic_regression():
+    """Scaler + classifier learned through the scorer's arrays, and a River pipeline fed the
+    same examples as dicts: the same weights, intercept and Adam moments (to rounding)."""
+    from river import linear_model, optim, preprocessing
+
+    scorer = TransactionScorer(seed=3, min_labels=20, negative_rate=1.0, prior_strength=0.0,
+                               replay=0)
+    scaler = preprocessing.StandardScaler()
+    river = linear_model.LogisticRegression(optimizer=optim.Adam(scorer.learning_rate),
+                                            intercept_lr=scorer.learning_rate)
+    rng = random.Random(3)
+    for i in range(1_500):
+        fraud = rng.random() < 0.1
+        e = txn(i, card_id=f"c{i % 30}", merchant_id=f"m{i % 7}",
+                amount=900.0 if fraud else rng.uniform(10, 40))
+        scorer.score_record(e, T0)
+        x = dict(zip(scorer.feature_names, scorer._values_of(scorer._pending[e["event_id"]])))
+        assert scorer.learn_label(e["event_id"], int(fraud))
+        scaler.learn_one(x)
+        river.learn_one(scaler.transform_one(x), fraud)
+    scorer.sync()
+    mine = scorer._classifier
+    assert mine.intercept == pytest.approx(river.intercept, rel=1e-9)
+    assert mine.optimizer.n_iterations == river.optimizer.n_iterations == 1_500
+    for name in scorer.feature_names:
+        assert mine.weights[name] == pytest.approx(river.weights.get(name, 0.0), rel=1e-9,
+                                                   abs=1e-12), name
+    lr = scorer._learner()
+    m = lr.named(mine.optimizer.m)
+    for name, value in river.optimizer.m.to_dict().items():
+        assert m[name] == pytest.approx(value, rel=1e-9, abs=1e-15), name
+
+
 def test_records_carry_score_decision_reasons_and_version():
     scorer = TransactionScorer(seed=1, review_at=0.3, decline_at=0.6)
     records = [scorer.score_record(txn(i, card_id=f"c{i % 9}"), T0 + 5) for i in range(300)]
