@@ -20,7 +20,10 @@ The model
   is then corrected for that sampling, ``p * r / (p * r + 1 - p)``, so the score is a
   calibrated probability of fraud again. Scoring uses the scaler folded into the weights
   (refolded every ``REFRESH_EVERY`` learned examples, or by ``sync()``): the same number as
-  ``predict_proba_one(transform_one(x))`` without building dicts on the hot path;
+  ``predict_proba_one(transform_one(x))`` without building dicts on the hot path. Learning is
+  River's ``learn_one`` step by step over arrays (``_Logistic``: River's loss, clipping,
+  intercept schedule and Adam step; the weights written back into the River model by
+  ``sync()`` and snapshots);
 - reasons: the features that moved the score most, i.e. the largest ``weight * z`` of the
   standardised features (0 = an average event), mapped to reason codes; during the cold
   start, rule flags.

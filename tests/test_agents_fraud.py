@@ -133,14 +133,20 @@ def test_per_key_state_is_bounded():
 
 # ----------------------------------------------------------------------------- the scorer
 
+def _labelled_txns(n: int, seed: int = 3):
+    """``n`` transactions of 30 cards at 7 merchants and whether each is fraud (~10 %: a
+    900.0 amount; genuine ones 10-40)."""
+    rng = random.Random(seed)
+    for i in range(n):
+        fraud = rng.random() < 0.1
+        yield txn(i, card_id=f"c{i % 30}", merchant_id=f"m{i % 7}",
+                  amount=900.0 if fraud else rng.uniform(10, 40)), fraud
+
+
 def test_score_is_the_river_pipelines_probability_corrected_for_negative_sampling():
     # without the cold start's priors (they stand in for weights River does not have yet)
     scorer = TransactionScorer(seed=3, min_labels=20, prior_strength=0.0)
-    rng = random.Random(3)
-    for i in range(600):
-        fraud = rng.random() < 0.1
-        e = txn(i, card_id=f"c{i % 30}", merchant_id=f"m{i % 7}",
-                amount=900.0 if fraud else rng.uniform(10, 40))
+    for e, fraud in _labelled_txns(600):
         scorer.score_record(e, T0)
         assert scorer.learn_label(e["event_id"], int(fraud))
     scorer.sync()  # scoring refolds the weights every few learned examples; now, exactly
@@ -164,11 +170,7 @@ def test_the_array_learner_learns_as_rivers_logistic_regression():
     scaler = preprocessing.StandardScaler()
     river = linear_model.LogisticRegression(optimizer=optim.Adam(scorer.learning_rate),
                                             intercept_lr=scorer.learning_rate)
-    rng = random.Random(3)
-    for i in range(1_500):
-        fraud = rng.random() < 0.1
-        e = txn(i, card_id=f"c{i % 30}", merchant_id=f"m{i % 7}",
-                amount=900.0 if fraud else rng.uniform(10, 40))
+    for e, fraud in _labelled_txns(1_500):
         scorer.score_record(e, T0)
         x = dict(zip(scorer.feature_names, scorer._values_of(scorer._pending[e["event_id"]])))
         assert scorer.learn_label(e["event_id"], int(fraud))
