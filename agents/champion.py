@@ -88,6 +88,14 @@ CHALLENGER_TAG = "@challenger"  # appended to model_version of the records it de
 _SHARE_KEY = b"riskstream-challenger-share"
 
 
+def scorer_params(model: Any) -> dict[str, Any]:
+    """The scorer arguments ``ModelSettings`` sets for every role: the worker's scorers and
+    ``riskstream eval fraud``'s are made alike from them."""
+    return {"seed": model.seed, "label_ttl_s": model.label_ttl_s,
+            "quality_window": model.quality_window,
+            "prior_strength": model.prior_strength, "replay": model.replay}
+
+
 class ChallengerParamsInvalid(RiskstreamError, ValueError):
     """``RISKSTREAM_MODEL_CHALLENGER_PARAMS`` names an argument a challenger cannot change.
 
@@ -181,9 +189,7 @@ class ChampionChallenger:
         """The stream's roles as ``ModelSettings`` describe them (not restored yet:
         ``restore`` loads each role from its slot)."""
         scorer_cls = SCORERS[stream]
-        base = {"seed": model.seed, "label_ttl_s": model.label_ttl_s,
-                "quality_window": model.quality_window,
-                "prior_strength": model.prior_strength, "replay": model.replay}
+        base = scorer_params(model)
 
         def make(params: dict) -> Any:
             return scorer_cls(**{**base, **params})

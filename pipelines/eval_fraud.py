@@ -190,6 +190,7 @@ class Replay:
     learned: int = 0
     unmatched: int = 0
     stats: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # the scorer's arguments (``params()``)
     merchants: np.ndarray | None = None  # per event, for the visibility of fraud to labels
     label_delay_ms: int | None = None
 
@@ -246,7 +247,7 @@ def replay_file(stream: Stream, scorer, *, label_delay_ms: int, progress: bool =
             _progress(i + 1, n, spent - (i + 1) * pair_s, wall() - wall0, t)
     spent = max(spent - n * pair_s, 1e-9)
     return Replay(scores, labels, times, stream.columns["card_id"], decisions, spent,
-                  wall() - wall0, learned, unmatched, scorer.stats(),
+                  wall() - wall0, learned, unmatched, scorer.stats(), scorer.params(),
                   merchants=stream.columns["merchant_id"], label_delay_ms=label_delay_ms)
 
 
@@ -277,6 +278,7 @@ def figures(r: Replay, *, warmup_ms: int, k: int = 100) -> dict[str, Any]:
         "labels_learned": r.learned,
         "labels_unmatched": r.unmatched,
         "scorer": r.stats,
+        "scorer_params": r.params,
     }
     dec = r.decisions[keep]
     out["decisions"] = {
@@ -376,8 +378,7 @@ def print_figures(name: str, f: dict[str, Any], k: int = 100) -> None:
 # ------------------------------------------------------------------------ the simulator
 
 def simulate(n_messages: int, *, seed: int = 7, label_ttl_ms: int | None = None,
-             scorer_seed: int = 42, progress: bool = True,
-             sim_overrides: dict | None = None,
+             progress: bool = True, sim_overrides: dict | None = None,
              scorer_params: dict | None = None) -> dict[str, Replay]:
     """Replay ``n_messages`` of the simulator (transactions, applications, labels) through
     both scorers, labels arriving when the simulator sends them.
@@ -404,7 +405,8 @@ def simulate(n_messages: int, *, seed: int = 7, label_ttl_ms: int | None = None,
     sim = Simulator(config, start_ms)
     validator = Validator(ValidationSettings(max_age_s=10 ** 9),
                           PiiSettings(hmac_key=SecretStr("riskstream-eval-" * 2)))
-    params = {"seed": scorer_seed, "label_ttl_s": ttl_ms / 1000, **(scorer_params or {})}
+    # the scorers' arguments (``champion.scorer_params``); the label TTL is the simulator's
+    params = {**(scorer_params or {}), "label_ttl_s": ttl_ms / 1000}
     scorers = {TRANSACTIONS: TransactionScorer(**params), APPLICATIONS: ApplicationScorer(**params)}
     key_field = {TRANSACTIONS: "card_id", APPLICATIONS: "applicant_id"}
     rows: dict[str, dict[str, list]] = {s: {"id": [], "score": [], "t": [], "key": [],
@@ -461,7 +463,8 @@ def simulate(n_messages: int, *, seed: int = 7, label_ttl_ms: int | None = None,
         out[stream] = Replay(np.asarray(r["score"], dtype=np.float64), labels,
                              np.asarray(r["t"], dtype=np.int64), np.asarray(r["key"]),
                              np.asarray(r["decision"], dtype=object), spent[stream], wall_s,
-                             learned[stream], unmatched[stream], scorers[stream].stats())
+                             learned[stream], unmatched[stream], scorers[stream].stats(),
+                             scorers[stream].params())
     return out
 
 
@@ -477,10 +480,10 @@ def run(args, settings=None) -> int:
         delay_ms = parse_duration_ms(args.label_delay)
         ttl = getattr(args, "label_ttl", None)
         ttl_ms = parse_duration_ms(ttl) if ttl is not None else None
-        seed = settings.model.seed if settings is not None else 42
-        # the worker's cold start (RISKSTREAM_MODEL_PRIOR_STRENGTH, _REPLAY)
-        cold = ({"prior_strength": settings.model.prior_strength,
-                 "replay": settings.model.replay} if settings is not None else {})
+        # the worker's scorer arguments (RISKSTREAM_MODEL_*), written with the figures
+        from agents.champion import scorer_params
+
+        params = scorer_params(settings.model) if settings is not None else {}
         results: dict[str, Any] = {}
         if data is not None:
             from agents.fraud import TransactionScorer
@@ -491,7 +494,7 @@ def run(args, settings=None) -> int:
                   f"label delay {delay_ms / DAY_MS:g} d, warm-up {warmup_ms / DAY_MS:g} d",
                   file=sys.stderr, flush=True)
             kwargs = {"label_ttl_s": ttl_ms / 1000} if ttl_ms is not None else {}
-            scorer = TransactionScorer(seed=seed, **kwargs, **cold)
+            scorer = TransactionScorer(**{**params, **kwargs})
             if ttl_ms is not None and ttl_ms < delay_ms:
                 print("[eval fraud] warning: --label-ttl is shorter than --label-delay: "
                       "events are learned as genuine before their label", file=sys.stderr)
@@ -503,8 +506,7 @@ def run(args, settings=None) -> int:
             results = f
         else:
             warmup_ms = parse_duration_ms(args.warmup if args.warmup is not None else "10m")
-            replays = simulate(int(simulate_n), label_ttl_ms=ttl_ms, scorer_seed=seed,
-                               scorer_params=cold)
+            replays = simulate(int(simulate_n), label_ttl_ms=ttl_ms, scorer_params=params)
             for stream_name, replay in replays.items():
                 f = figures(replay, warmup_ms=warmup_ms)
                 f.update(source=f"simulator:{simulate_n}", warmup_ms=warmup_ms)

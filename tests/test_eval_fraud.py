@@ -142,7 +142,7 @@ def test_labels_are_learned_only_after_the_delay_and_scored_first(tmp_path):
     assert [w["week"] for w in f["weeks"]] == [1, 2, 3]
 
 
-def test_eval_fraud_command_on_both_layouts(tmp_path, capsys):
+def test_eval_fraud_command_on_both_layouts(tmp_path, capsys, monkeypatch):
     from pipelines.cli import main
 
     frame = handbook_frame(n_days=10)
@@ -157,6 +157,8 @@ def test_eval_fraud_command_on_both_layouts(tmp_path, capsys):
         assert key in got
     assert 0.5 < got["roc_auc"] <= 1.0 and got["events_per_s"] > 0
     assert "ROC AUC" in capsys.readouterr().out
+    # the figures say which scorer made them: the worker's settings (defaults here)
+    assert got["scorer_params"]["replay"] == 2 and got["scorer_params"]["prior_strength"] == 1
     # the same events in riskstream's schema (a lake export plus a label)
     lake = pd.DataFrame({
         "event_id": frame.TRANSACTION_ID.astype(str),
@@ -173,6 +175,11 @@ def test_eval_fraud_command_on_both_layouts(tmp_path, capsys):
     again = json.loads(out2.read_text())
     assert again["layout"] == "riskstream" and again["n_events"] == got["n_events"]
     assert again["roc_auc"] == pytest.approx(got["roc_auc"], abs=0.02)
+    # set as a worker would be, the evaluation's scorer follows
+    monkeypatch.setenv("RISKSTREAM_MODEL_REPLAY", "0")
+    assert main(["eval", "fraud", "--data", str(path), "--label-delay", "1d", "--warmup", "2d",
+                 "--json", str(out2)]) == 0
+    assert json.loads(out2.read_text())["scorer_params"]["replay"] == 0
 
 
 def test_fraud_visibility_splits_frauds_by_a_label_known_at_their_merchant():
@@ -224,6 +231,8 @@ def test_eval_fraud_on_the_simulator(tmp_path):
     tx = got["streams"]["transactions"]
     assert tx["n_fraud"] > 10 and tx["roc_auc"] > 0.7
     assert tx["labels_unmatched"] == 0
+    # the worker's scorer arguments, but the simulator's label TTL (4x its 30 s delay)
+    assert tx["scorer_params"]["label_ttl_s"] == 120 and tx["scorer_params"]["replay"] == 2
 
 
 @pytest.mark.skipif(not HANDBOOK.is_dir(), reason=f"Handbook data not found at {HANDBOOK}")
