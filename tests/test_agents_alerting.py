@@ -273,7 +273,7 @@ def test_a_restarted_worker_restores_alert_state_from_its_checkpoint(tmp_path):
         settings.__dict__["model"] = ModelSettings(snapshot_dir=tmp_path / "models")
         settings.__dict__["alert"] = settings.alert.model_copy(update={"rules_path": rules})
         pipeline = Pipeline(settings, CollectingOutputs())
-        pipeline.alert_slice("transactions:0", state)  # what the agent does before a batch
+        pipeline.alert_slice("transactions:0", lambda: state)  # the agent, before a batch
         return pipeline
 
     def alerts(pipeline: Pipeline, i: int) -> list[dict]:
@@ -288,6 +288,26 @@ def test_a_restarted_worker_restores_alert_state_from_its_checkpoint(tmp_path):
     checkpoint = orjson.loads(orjson.dumps(first.alerts.to_states(["transactions:0"])))
     assert alerts(worker(checkpoint["transactions:0"]), 1) == []  # still firing: not re-sent
     assert len(alerts(worker(None), 1)) == 1  # without the state it would have been
+
+
+def test_a_partitions_alert_checkpoint_is_read_before_its_first_batch_only(tmp_path):
+    """The agent hands ``alert_slice`` a reader of the checkpoint before every batch; the
+    checkpoint is decoded once per input partition, not once per batch."""
+    from pipelines.app import Pipeline
+    from pipelines.settings import ModelSettings, Settings
+    from test_agents_snapshot import CollectingOutputs
+
+    settings = Settings()
+    settings.__dict__["model"] = ModelSettings(snapshot_dir=tmp_path / "models")
+    pipeline = Pipeline(settings, CollectingOutputs())
+    reads: list[str] = []
+
+    def reader(key: str):
+        return lambda: reads.append(key)
+
+    for key in ("transactions:0", "transactions:1", "transactions:0", "transactions:0"):
+        pipeline.alert_slice(key, reader(key))
+    assert reads == ["transactions:0", "transactions:1"]
 
 
 def test_the_alert_query_runs_on_the_lake_and_returns_the_affected_rows(tmp_path):
