@@ -41,12 +41,14 @@ from pipelines.topics import (
     SCORED_TRANSACTIONS,
     SYSTEM_METRICS,
     TRANSACTIONS,
+    VALIDATED,
 )
 from pipelines.up import Child, scrape, total
 from schemas.common import parse_event_time
 
 SCORED_TOPICS = (SCORED_TRANSACTIONS, SCORED_APPLICATIONS, METRIC_SAMPLES)
 SCORED_INPUTS = (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS)  # the inputs of SCORED_TOPICS
+FORWARDED_TOPICS = tuple(VALIDATED[stream] for stream in SCORED_INPUTS)  # the gateway's outputs
 # The load's publishers batch for 50 ms, as publishers to the embedded broker should: Tansu's
 # in-memory storage lists a partition's stored batches on every fetch (pipelines/broker.py),
 # so small batches cost the broker more with every second of the run. Measured at 8,000
@@ -207,25 +209,29 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         # Latency at half load (or the load asked for), events timestamped when produced.
         rate = load_eps or eps / 2
         _say(f"  latency at {rate:,.0f} events/s for {load_s:.0f} s")
-        scored_ms, lake_ms, send_lag_ms, offered = latency(bootstrap, rate, load_s,
-                                                           Path(env["RISKSTREAM_LAKE_PATH"]))
+        lat = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]))
         rss = {"worker": _proc_peak_rss_mb(worker.process.pid),
                "gateway": sum(_proc_peak_rss_mb(c) for c in _children(worker.process.pid)),
                "sink": _proc_peak_rss_mb(sink.process.pid)}
         return {"pipeline_eps": eps, "cpu_s_per_1000_events": cpu_per_1000,
-                "latency_ms": _percentiles(scored_ms), "latency_to_lake_ms": _percentiles(lake_ms),
-                "load_send_lag_ms": _percentiles(send_lag_ms), "load_offered": offered,
+                "latency_ms": _percentiles(lat["scored"]),
+                "latency_to_lake_ms": _percentiles(lat["lake"]),
+                "latency_stages_ms": {k: _percentiles(v) for k, v in lat["stages"].items()},
+                "load_send_lag_ms": _percentiles(lat["send_lag"]), "load_offered": lat["offered"],
                 "offered_load_eps": rate, "rss_mb": rss}
     finally:
         worker.stop()
         sink.stop()
 
 
-def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
-            ) -> tuple[list[float], list[float], list[float], int]:
-    """Offer ``rate_eps`` for ``load_s``; return event-to-scored and event-to-lake latencies,
-    how late the generator sent each event, and how many events were offered on the streams
-    that are scored (malformed and duplicate ones among them are rejected, not scored).
+def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
+    """Offer ``rate_eps`` for ``load_s``; return event-to-scored and event-to-lake latencies
+    (``scored``, ``lake``), how late the generator sent each event (``send_lag``), how many
+    events were offered on the streams that are scored (``offered``: malformed and duplicate
+    ones among them are rejected, not scored) and where the time goes (``stages``): from the
+    event time to the gateway's producing it validated, and to the worker's producing its
+    scored record (the producers' message timestamps), the rest being the output's linger,
+    the broker and the reader's fetch.
 
     Each event is sent when the wall clock reaches its event time, after the measuring
     consumer has joined: the latency is from the moment an event exists to the moment its
@@ -238,12 +244,14 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-lat-{time.time()}",
                          "auto.offset.reset": "latest", "enable.auto.commit": False,
                          "session.timeout.ms": 6000, "fetch.wait.max.ms": 10})
-    consumer.subscribe(list(SCORED_TOPICS))
+    consumer.subscribe([*SCORED_TOPICS, *FORWARDED_TOPICS])
     while not consumer.assignment():  # join before producing: "latest" means from now
         consumer.poll(0.2)
     load_start_ms = int(time.time() * 1000) + 100
     load = list(_shift(load, load_start_ms - load[0][3])) if load else []
     scored: list[float] = []
+    forwarded: list[float] = []  # event time -> the gateway produced it validated
+    produced: list[float] = []  # event time -> the worker produced its scored record
     stop = threading.Event()
 
     def consume() -> None:
@@ -254,9 +262,15 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
                 if m.error():
                     continue
                 now = time.time() * 1000
+                sent = m.timestamp()[1]  # CreateTime: set when its producer was called
+                if m.topic() in FORWARDED_TOPICS:  # a batch of validated events
+                    forwarded.extend(sent - e["event_time"] for e in orjson.loads(m.value())
+                                     if e["event_time"] >= load_start_ms)
+                    continue
                 t = orjson.loads(m.value())["event_time"]
                 if t >= load_start_ms:
                     scored.append(now - t)
+                    produced.append(sent - t)
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
@@ -281,7 +295,9 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path
     reader.join(5)
     consumer.close()
     offered = sum(1 for topic, *_ in load if topic in SCORED_INPUTS)
-    return scored, _lake_latencies(lake, load_start_ms), send_lag, offered
+    return {"scored": scored, "lake": _lake_latencies(lake, load_start_ms),
+            "send_lag": send_lag, "offered": offered,
+            "stages": {"gateway_produced": forwarded, "worker_produced": produced}}
 
 
 def _shift(messages: list[tuple[str, bytes, bytes, int]], delta_ms: int
@@ -367,7 +383,7 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
 
 
 def report(r: dict) -> str:
-    lat, lake = r["latency_ms"], r["latency_to_lake_ms"]
+    lat, lake, stages = r["latency_ms"], r["latency_to_lake_ms"], r["latency_stages_ms"]
     return "\n".join([
         f"riskstream bench: {r['events']:,} mixed events ({r['bootstrap']} broker)",
         f"  produce                         {r['produce_eps']:>12,.0f} events/s",
@@ -380,6 +396,9 @@ def report(r: dict) -> str:
         (f"  latency at {r['offered_load_eps']:,.0f} events/s, event time to scored output: "
         f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,} of "
         f"{r['load_offered']:,} offered)"),
+        (f"    of which: the gateway produced it validated by p50 {stages['gateway_produced']['p50']}"
+         f" / p99 {stages['gateway_produced']['p99']} ms, the worker its scored record by p50 "
+         f"{stages['worker_produced']['p50']} / p99 {stages['worker_produced']['p99']} ms"),
         f"  latency to the lake: p50 {lake['p50']} ms, p95 {lake['p95']} ms, p99 {lake['p99']} ms",
         (f"  (the load generator sent events late by p50 {r['load_send_lag_ms']['p50']} ms, "
         f"p99 {r['load_send_lag_ms']['p99']} ms: part of the latencies above)"),

@@ -58,6 +58,13 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     assert {"p50", "p95", "p99"} <= set(r["latency_ms"])
     assert r["load_send_lag_ms"]["n"] == 800
     assert 0 < r["latency_ms"]["n"] <= r["load_offered"] <= 800
+    # Where the time went: each event is forwarded, then scored, then read, so each stage's
+    # percentiles are at most the next one's.
+    stages = r["latency_stages_ms"]
+    assert stages["worker_produced"]["n"] == r["latency_ms"]["n"]
+    assert stages["gateway_produced"]["n"] >= r["latency_ms"]["n"]
+    for q in ("p50", "p99"):
+        assert stages["gateway_produced"][q] <= stages["worker_produced"][q] <= r["latency_ms"][q]
     assert set(r["rss_mb"]) == {"worker", "gateway", "sink"}
     assert all(mb > 0 for mb in r["rss_mb"].values())
     assert "(4)/(3)" in run.stdout and "latency at 400 events/s" in run.stdout
