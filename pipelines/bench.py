@@ -62,16 +62,27 @@ def _say(text: str) -> None:
 
 
 def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its children that have exited (the worker's snapshot
+    writers, ``agents.snapshot.ForkedWriter``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (the worker's validation gateway)."""
+    """The worker's validation gateway: its child spawned by multiprocessing (not the
+    resource tracker, nor a snapshot writer forked for a few seconds)."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    return [c for c in pids if b"spawn_main" in _cmdline(c)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _proc_peak_rss_mb(pid: int) -> float:

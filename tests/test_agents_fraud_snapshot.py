@@ -178,7 +178,7 @@ def test_the_worker_restores_its_fraud_scorer_and_relearns_the_replayed_batches(
 
     first = _pipeline(tmp_path)
     feed(first, 0, 8, snapshot_at=5)   # snapshot after batch 5; the worker dies after batch 7
-    first._snapshotter.shutdown(wait=True)
+    first.wait_snapshots()  # written by a forked child: the worker went on to batch 7
     manifest = first.snapshots.manifests("transactions-model")[-1]
     assert manifest["offsets"] == {"transactions:0": 5} and manifest["labels"] > 0
 

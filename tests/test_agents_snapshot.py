@@ -3,12 +3,22 @@ stopped; an incompatible snapshot is refused with instructions."""
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import time
 
 import pytest
 
 from agents.aggregate import WindowAggregator
-from agents.snapshot import KEEP, ROLES_FILE, NothingToPromote, SnapshotIncompatible, SnapshotStore
+from agents.snapshot import (
+    KEEP,
+    ROLES_FILE,
+    ForkedWriter,
+    NothingToPromote,
+    SnapshotIncompatible,
+    SnapshotStore,
+)
 from pipelines.app import Pipeline
 from pipelines.settings import ModelSettings, Settings
 from pipelines.topics import SYSTEM_METRICS
@@ -117,3 +127,63 @@ def test_roles_default_then_promote_swaps_them_with_a_timestamped_history(tmp_pa
     snap = store.load(store.slots("transactions")["champion"], model="M", state_version=1,
                       feature_schema="f")
     assert snap.state == {"name": "transactions-model"}
+
+
+# -- the forked writer ----------------------------------------------------------------------
+
+
+def _wait_for(path, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_a_forked_writer_writes_the_state_as_it_was_when_submitted(tmp_path):
+    """The job runs in another process, on the state at the fork: the caller goes on changing
+    it at once (the worker scores on) without changing what is written."""
+    state = {"n": 1}
+    out = tmp_path / "out"
+    writer = ForkedWriter()
+    assert writer.submit("m", lambda: out.write_text(f"{os.getpid()} {state['n']}"))
+    state["n"] = 2  # the next batch, scored while the child writes
+    writer.wait()
+    pid, n = out.read_text().split()
+    assert int(pid) != os.getpid() and n == "1"
+    assert writer.writing == set()
+
+
+def test_a_forked_writer_skips_a_key_still_being_written_and_logs_a_failed_one(tmp_path, caplog):
+    go = tmp_path / "go"
+    writer = ForkedWriter()
+
+    def slow() -> None:
+        _wait_for(go)
+
+    assert writer.submit("m", slow)
+    with caplog.at_level(logging.WARNING, logger="agents.snapshot"):
+        assert not writer.submit("m", slow)  # the previous one still writes: skipped, logged
+        assert "still being written" in caplog.text
+        assert writer.submit("other", lambda: None)  # other keys are not held up
+        go.touch()
+        writer.wait()
+        assert writer.submit("m", lambda: None)
+        writer.wait()
+
+        def broken() -> None:
+            raise OSError("disk full")
+
+        assert writer.submit("m", broken)
+        writer.wait()  # the caller never sees the exception: the last snapshot stands
+    assert "its writer process exited with 1" in caplog.text
+    assert writer.writing == set()
+
+
+def test_a_forced_snapshot_waits_for_the_one_being_written(tmp_path):
+    go, done = tmp_path / "go", tmp_path / "done"
+    writer = ForkedWriter()
+    assert writer.submit("m", lambda: (_wait_for(go), done.write_text("first")))
+    go.touch()
+    assert writer.submit("m", lambda: done.write_text(done.read_text() + " second"), wait=True)
+    writer.wait()
+    assert done.read_text() == "first second"
