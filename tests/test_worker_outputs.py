@@ -1,0 +1,57 @@
+"""The worker's output producer: a batch is acked, and a checkpoint written, only once the
+broker has every output sent before it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from pipelines.app import Outputs
+from pipelines.topics import SCORED_TRANSACTIONS
+
+pytestmark = pytest.mark.integration
+
+
+def _in_broker(bootstrap: str, n: int, timeout_s: float = 30.0) -> int:
+    """How many records the topic holds, read from the start (at most ``n``)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    # assigned, not subscribed: no group to join
+    consumer.assign([TopicPartition(SCORED_TRANSACTIONS, p, OFFSET_BEGINNING) for p in range(4)])
+    seen, deadline = 0, time.monotonic() + timeout_s
+    try:
+        while seen < n and time.monotonic() < deadline:
+            seen += sum(1 for m in consumer.consume(1000, timeout=0.5) if not m.error())
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_when_delivered_runs_once_every_earlier_output_is_in_the_broker(bootstrap):
+    outputs = Outputs(bootstrap, linger_ms=200)  # a long linger: still in flight when asked
+    events: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        outputs.start(loop)
+        delivered = loop.create_future()
+        for batch in range(3):
+            outputs.begin()
+            for i in range(100):
+                outputs.send(SCORED_TRANSACTIONS, f"card-{i}", {"event_id": f"{batch}-{i}"})
+            outputs.end(lambda batch=batch: events.append(f"acked {batch}"))
+        outputs.when_delivered(lambda: (events.append("checkpoint"),
+                                        delivered.set_result(len(outputs.inflight))))
+        assert events == []  # nothing acknowledged yet: 200 ms of linger
+        assert await asyncio.wait_for(delivered, 30) == 0  # nothing left in flight
+        # With nothing in flight it runs at once (on the loop).
+        now = loop.create_future()
+        outputs.when_delivered(lambda: now.set_result(True))
+        assert await asyncio.wait_for(now, 5)
+
+    asyncio.run(scenario())
+    assert sorted(events) == ["acked 0", "acked 1", "acked 2", "checkpoint"]
+    assert _in_broker(bootstrap, 300) == 300
