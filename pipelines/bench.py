@@ -417,7 +417,11 @@ def report(r: dict) -> str:
          f"{r['rss_mb']['gateway']:.0f} MiB, sink {r['rss_mb']['sink']:.0f} MiB"),
         *([(f"  state: {r['state_memory']['cards']:,} cards + {r['state_memory']['series']:,} "
            f"series -> RSS {r['state_memory']['rss_mb']:.0f} MiB (cards "
-           f"{r['state_memory']['cards_mb']:.0f}, series {r['state_memory']['series_mb']:.0f})")]
+           f"{r['state_memory']['cards_mb']:.0f}, series {r['state_memory']['series_mb']:.0f})"),
+          (f"  snapshot of the cards: the worker pauses "
+           f"{r['state_memory']['snapshot_fork_pause_ms']:.0f} ms to fork its writer (building "
+           f"it in the worker: {r['state_memory']['snapshot_build_s']:.1f} s, "
+           f"{r['state_memory']['snapshot_build_extra_mb']:.0f} MiB more)")]
           if "state_memory" in r else []),
     ])
 

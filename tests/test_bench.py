@@ -70,3 +70,13 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     assert "(4)/(3)" in run.stdout and "latency at 400 events/s" in run.stdout
     # The Faust count-only agent keeps its data directory out of the cwd.
     assert not list(tmp_path.glob("bench-count-*"))
+
+
+def test_the_state_bench_reports_memory_and_the_snapshot_pause() -> None:
+    from pipelines.bench_state import main
+
+    r = main(2_000, 6)
+    assert (r["cards"], r["series"]) == (2_000, 6)
+    assert r["cards_mb"] >= 0 and r["peak_rss_mb"] >= r["rss_mb"] > 0
+    # the fork and the in-worker build were both timed (the figures are the bench's to print)
+    assert r["snapshot_fork_pause_ms"] > 0 and r["snapshot_build_s"] > 0
