@@ -17,7 +17,10 @@ Window and alert state are checkpointed to the ``window-state`` and ``alert-stat
 each written once every output before it is acknowledged (the loop does not wait for that): the tables' changelogs follow the
 partition across rebalances and restarts, a replayed batch the checkpoint covers is a no-op,
 and the batches after it are scored again (their outputs may go out twice: at-least-once,
-bounded by the interval; the warehouse keeps one row per event id).
+bounded by the interval; the warehouse keeps one row per event id). Faust commits offsets as
+batches are acked (outputs delivered), not as checkpoints are written: after a crash, batches
+between the last whole checkpoint and the last commit are not replayed, and the windows and
+rate-rule counts miss them (README, Known limits).
 
 Model snapshots (``agents/snapshot.py``): the metric detectors per input partition
 (``system-metrics-p<N>``), the fraud scorers per worker (one per role, champion and optional
