@@ -115,9 +115,10 @@ class ForkedWriter:
     the snapshot before it stands (the manifest is written last).
 
     The child runs the job only, at a lower priority (``NICE``): it leaves the parent's signal
-    wake-up descriptor (the worker's event loop reads it), ignores Ctrl-C (the worker takes its final snapshots
-    itself), and exits with ``os._exit``, never running the parent's clean-up. Where the
-    platform has no ``fork`` the job runs in the caller.
+    wake-up descriptor (the worker's event loop reads it), ignores Ctrl-C (the worker takes
+    its final snapshots itself), logs how long the job took, and exits with ``os._exit``,
+    never running the parent's clean-up. Where the platform has no ``fork`` the job runs in
+    the caller.
     """
 
     def __init__(self) -> None:
@@ -145,7 +146,10 @@ class ForkedWriter:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 gc.disable()  # a collection would touch, so copy, every page of the parent's
                 os.nice(NICE)
+                started = time.monotonic()
                 job()
+                log.info("snapshot %s written by process %d in %.1f s", key, os.getpid(),
+                         time.monotonic() - started)
                 status = 0
             except BaseException:
                 log.exception("snapshot %s failed in its writer process", key)
@@ -156,6 +160,8 @@ class ForkedWriter:
 
     def reap(self, key: str | None = None, *, block: bool = False) -> None:
         """Collect finished children (``key``'s only, if given); ``block``: wait for them."""
+        if not self._children:  # the worker's case between snapshots: once per batch
+            return
         for k, pid in list(self._children.items()):
             if key is not None and k != key:
                 continue

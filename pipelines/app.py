@@ -14,10 +14,11 @@ outputs, and Faust commits only acked offsets.
 Window and alert state are checkpointed to the ``window-state`` and ``alert-state`` tables
 (one value per input partition, not one write per event) at most every
 ``checkpoint_interval_s``, at revocation and at shutdown, with the input offset they cover,
-each written once every output before it is acknowledged (the loop does not wait for that): the tables' changelogs follow the
-partition across rebalances and restarts, a replayed batch the checkpoint covers is a no-op,
-and the batches after it are scored again (their outputs may go out twice: at-least-once,
-bounded by the interval; the warehouse keeps one row per event id). Faust commits offsets as
+each written once every output before it is acknowledged (the loop does not wait for that):
+the tables' changelogs follow the partition across rebalances and restarts, a replayed batch
+the checkpoint covers is a no-op, and the batches after it are scored again (their outputs
+may go out twice: at-least-once, bounded by the interval; the warehouse keeps one row per
+event id). Faust commits offsets as
 batches are acked (outputs delivered), not as checkpoints are written: after a crash, batches
 between the last whole checkpoint and the last commit are not replayed, and the windows and
 rate-rule counts miss them (README, Known limits).
@@ -30,8 +31,9 @@ of its partitions), each at most every
 ``snapshot_interval_s`` and at shutdown, with the last learned offset of every
 ``"stream:partition"`` it holds. The periodic ones are written by a child forked from the
 worker (``agents.snapshot.ForkedWriter``): the event loop pauses for the fork, not for
-copying the models (~1.3 s per 100,000 cards per role before). At start the worker restores them; events replayed after a
-restart that are newer than the snapshot are scored again into the models only (``relearn``).
+copying the models (~1.3 s per 100,000 cards per role before). At start the worker restores
+them; events replayed after a restart that are newer than the snapshot are scored again into
+the models only (``relearn``).
 A fraud snapshot that this version cannot read (``SnapshotIncompatible``) is logged with the
 operator's action and the worker starts that scorer cold (it retrains from the labels): a
 model that is cold for a while is better than a worker that cannot score at all. Labels
@@ -243,11 +245,10 @@ class Pipeline:
         self.snapshots = SnapshotStore(m.snapshot_dir or settings.service.state_dir / "models")
         self.snapshot_interval_s = m.snapshot_interval_s
         self._learned: dict[str, int] = {}        # "stream:partition" -> last offset in a model
-        # One round of periodic snapshots (every model) per interval, in one forked child: a
-        # fork costs the worker its copy-on-write faults afterwards, so one fork, not one per
-        # model (six at once made scored p99 ~1 s at half load, bench on 2 cores).
+        # One round of periodic snapshots (every model) per interval, in one forked child: the
+        # loop pauses for the fork only, and a fork costs the worker copy-on-write faults
+        # afterwards, so one, not one per model (six at once: scored p99 ~1 s at half load).
         self._snapshot_due = time.monotonic() + self.snapshot_interval_s
-        # Periodic snapshots are written by forked children: the loop pauses for the fork only.
         self._writer = ForkedWriter()
         # The fraud scorers are per worker: one snapshot each, restored now.
         self.fraud_scorers = {TRANSACTIONS: self.transactions, APPLICATIONS: self.applications}
@@ -338,8 +339,7 @@ class Pipeline:
         every ``snapshot_interval_s``, in one forked child), or the partition's models now
         (``force``: in a child too, after the one being written)."""
         self._learned[f"{stream}:{partition}"] = offset
-        if self._writer.writing:
-            self._writer.reap()  # no finished writer left behind as a zombie
+        self._writer.reap()  # no finished writer left behind as a zombie
         if force:
             if stream in self.fraud_scorers:
                 self._writer.submit(SNAPSHOT_WRITER, self._fraud_snapshot(stream), wait=True)
@@ -577,10 +577,11 @@ def _table_put(table: faust.Table, partition: int, key: str, value: Any,
     covers every stream's partitions, where ``table[key] = ...`` would take the partition of
     the current event, or fail without one.
 
-    The value goes as JSON bytes (``value`` may be them already). One over ``chunk_bytes`` goes as parts under ``key#s.i``
-    and then a head under ``key`` naming them: a Kafka message has a size limit (1 MiB by
-    default, the broker's and the producer's), and a partition's state is bigger with a few
-    thousand merchants or firing alerts (a Faust producer error stops the worker). The parts
+    The value goes as JSON bytes (``value`` may be them already). One over ``chunk_bytes``
+    goes as parts under ``key#s.i`` and then a head under ``key`` naming them: a Kafka message
+    has a size limit (1 MiB by default, the broker's and the producer's), and a partition's
+    state is bigger with a few thousand merchants or firing alerts (a Faust producer error
+    stops the worker). The parts
     alternate between two slots ``s``, and the head is written after its parts in the same
     changelog partition: a crash in the middle of a checkpoint leaves the previous head and
     its slot whole. Parts no longer named are deleted (tombstones) after the head."""

@@ -43,7 +43,7 @@ from pipelines.topics import (
     TRANSACTIONS,
     VALIDATED,
 )
-from pipelines.up import Child, scrape, total
+from pipelines.up import GATEWAY, Child, children, scrape, total
 from schemas.common import parse_event_time
 
 SCORED_TOPICS = (SCORED_TRANSACTIONS, SCORED_APPLICATIONS, METRIC_SAMPLES)
@@ -66,23 +66,6 @@ def _proc_cpu_s(pid: int) -> float:
     writers, ``agents.snapshot.ForkedWriter``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    """The worker's validation gateway: its child spawned by multiprocessing (not the
-    resource tracker, nor a snapshot writer forked for a few seconds)."""
-    try:
-        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    return [c for c in pids if b"spawn_main" in _cmdline(c)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _proc_peak_rss_mb(pid: int) -> float:
@@ -196,7 +179,8 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
             read = total(w, "riskstream_events_in_total")
             if read and first is None:
                 first = time.perf_counter()
-                pids = [worker.process.pid, sink.process.pid, *_children(worker.process.pid)]
+                pids = [worker.process.pid, sink.process.pid,
+                        *children(worker.process.pid, GATEWAY)]
                 cpu0 = {pid: _proc_cpu_s(pid) for pid in pids}
             handled = (total(w, "riskstream_scored_total") + total(w, "riskstream_rejected_total")
                        + total(w, "riskstream_validated_total", stream="labels"))
@@ -222,7 +206,9 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         _say(f"  latency at {rate:,.0f} events/s for {load_s:.0f} s")
         lat = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]))
         rss = {"worker": _proc_peak_rss_mb(worker.process.pid),
-               "gateway": sum(_proc_peak_rss_mb(c) for c in _children(worker.process.pid)),
+               # the spawned gateway: not a snapshot writer forked for a few seconds
+               "gateway": sum(_proc_peak_rss_mb(c)
+                              for c in children(worker.process.pid, GATEWAY)),
                "sink": _proc_peak_rss_mb(sink.process.pid)}
         return {"pipeline_eps": eps, "cpu_s_per_1000_events": cpu_per_1000,
                 "latency_ms": _percentiles(lat["scored"]),
@@ -407,8 +393,9 @@ def report(r: dict) -> str:
         (f"  latency at {r['offered_load_eps']:,.0f} events/s, event time to scored output: "
         f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,} of "
         f"{r['load_offered']:,} offered)"),
-        (f"    of which: the gateway produced it validated by p50 {stages['gateway_produced']['p50']}"
-         f" / p99 {stages['gateway_produced']['p99']} ms, the worker its scored record by p50 "
+        (f"    of which: the gateway produced it validated by p50 "
+         f"{stages['gateway_produced']['p50']} / p99 {stages['gateway_produced']['p99']} ms, "
+         f"the worker its scored record by p50 "
          f"{stages['worker_produced']['p50']} / p99 {stages['worker_produced']['p99']} ms"),
         f"  latency to the lake: p50 {lake['p50']} ms, p95 {lake['p95']} ms, p99 {lake['p99']} ms",
         (f"  (the load generator sent events late by p50 {r['load_send_lag_ms']['p50']} ms, "

@@ -39,6 +39,24 @@ log = logging.getLogger("riskstream.up")
 
 STATUS_EVERY_S = 5.0
 
+GATEWAY = "spawn_main"  # how a worker's gateway process shows (multiprocessing spawn)
+
+
+def children(pid: int, command: str = "") -> list[int]:
+    """The direct children of ``pid`` whose command line contains ``command`` (Linux)."""
+    try:
+        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    out = []
+    for child in pids:
+        try:
+            if command in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                out.append(child)
+        except OSError:
+            pass  # gone meanwhile
+    return out
+
 
 @dataclass
 class Child:

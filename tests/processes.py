@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from pipelines.up import GATEWAY, children  # noqa: F401  (the tests' helpers too)
+
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
@@ -37,24 +39,6 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
 
-
-def children(pid: int, command: str = "") -> list[int]:
-    """The direct children of ``pid`` whose command line contains ``command``."""
-    try:
-        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    out = []
-    for child in pids:
-        try:
-            if command in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
-                out.append(child)
-        except OSError:
-            pass  # gone meanwhile
-    return out
-
-
-GATEWAY = "spawn_main"  # how the worker's gateway process shows (multiprocessing spawn)
 
 # One status line of `riskstream up`, every field the user is promised: events in per stream,
 # rejected, duplicates, scored, alerts, lake rows, consumer lag per stage (-1: not known yet).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from confluent_kafka import Producer
 from processes import Process, alive, wait_until
@@ -43,6 +45,10 @@ def test_a_worker_writes_snapshots_in_children_and_keeps_scoring(tmp_path):
             assert all(o for o in offsets) and offsets == sorted(offsets, key=lambda o: sum(
                 o.values()))
             assert "writer process exited" not in worker.log()
+            # written by forked children, not by the worker itself
+            writers = {int(pid) for pid in re.findall(
+                r"snapshot models written by process (\d+)", worker.log())}
+            assert writers and worker.proc.pid not in writers
         finally:
             code = worker.stop()
         assert code == 0, worker.log()[-3000:]
