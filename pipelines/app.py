@@ -8,20 +8,19 @@ per batch.
 
 Outputs go out through one confluent-kafka producer, one JSON object per message (the stable
 output schemas of ``schemas/outputs.py``). The agent never waits for the broker between
-batches: it acks a batch (manual Faust acks) when the broker has acknowledged all of its
-outputs, and Faust commits only acked offsets.
+batches.
 
 Window and alert state are checkpointed to the ``window-state`` and ``alert-state`` tables
 (one value per input partition, not one write per event) at most every
-``checkpoint_interval_s``, at revocation and at shutdown, with the input offset they cover,
-each written once every output before it is acknowledged (the loop does not wait for that):
-the tables' changelogs follow the partition across rebalances and restarts, a replayed batch
-the checkpoint covers is a no-op, and the batches after it are scored again (their outputs
-may go out twice: at-least-once, bounded by the interval; the warehouse keeps one row per
-event id). Faust commits offsets as
-batches are acked (outputs delivered), not as checkpoints are written: after a crash, batches
-between the last whole checkpoint and the last commit are not replayed, and the windows and
-rate-rule counts miss them (README, Known limits).
+``checkpoint_interval_s`` (also when the input stops), at revocation and at shutdown, with the
+input offset they cover, each written once every output before it is acknowledged (the loop
+does not wait for that). The agent acks a batch (manual Faust acks) once a checkpoint covering
+it is delivered and sealed (whole on recovery), and Faust commits only acked offsets: after a
+crash the worker restores the last whole checkpoint and reads its input from no later than
+where that checkpoint ends. A replayed batch the checkpoint covers is a no-op, and the batches
+after it are scored again (their outputs may go out twice: at-least-once, bounded by ~2
+intervals; the warehouse keeps one row per event id); none is left out of the windows. The
+tables' changelogs follow the partition across rebalances and restarts.
 
 Model snapshots (``agents/snapshot.py``): the metric detectors per input partition
 (``system-metrics-p<N>``), the fraud scorers per worker (one per role, champion and optional
@@ -98,29 +97,26 @@ def _now_ms() -> int:
 
 
 class _Batch:
-    """The outputs of one input batch in flight; ``done`` runs once all are acknowledged, and
-    so do the ``waiters`` (``Outputs.when_delivered``) that wait for this batch among others."""
+    """The outputs of one input batch in flight, and the ``waiters``
+    (``Outputs.when_delivered``) that wait for this batch among others."""
 
-    __slots__ = ("done", "outputs", "pending", "waiters")
+    __slots__ = ("outputs", "pending", "waiters")
 
     def __init__(self, outputs: Outputs) -> None:
         self.outputs, self.pending = outputs, 0
-        self.done: Callable[[], Any] | None = None
         self.waiters: list[list] = []  # [batches still in flight, callback], oldest first
 
     def delivered(self, err: Any, _msg: Any) -> None:
         outputs = self.outputs
         if err is not None:
             outputs.error = RuntimeError(f"output delivery failed: {err}")
-            return  # never acked: the worker stops at its next poll and replays the batch
+            return  # its waiters never run: the worker stops at its next poll
         ready: list[Callable[[], Any]] = []
         with outputs.lock:
             self.pending -= 1
             if self.pending:
                 return
             outputs.inflight.discard(self)
-            if self.done is not None:
-                ready.append(self.done)
             for waiter in self.waiters:
                 waiter[0] -= 1
                 if waiter[0] == 0:
@@ -135,13 +131,12 @@ class Outputs:
     """The worker's producer for output topics, acknowledged per input batch.
 
     The agent does not wait for the broker between batches: ``begin()`` opens a batch, every
-    ``send`` counts against it, ``end(done)`` closes it, and ``done`` (the agent's ack of its
-    Faust event) runs on the event loop once the broker has acknowledged every output of the
-    batch. A thread serves the delivery reports, so acks arrive even while the loop only
-    waits (Faust waits for acks when it stops). Faust commits an input offset only when it is
-    acked, so a crash replays every batch whose outputs were not all delivered. A failed
-    delivery is never acked: ``poll``/``flush`` raise and the worker restarts from the
-    committed offsets.
+    ``send`` counts against it, ``end()`` closes it, and ``when_delivered(fn)`` runs ``fn`` on
+    the event loop once the broker has acknowledged every output sent so far (the checkpoint
+    is written then, and the batches it covers are acked after it: ``build_app``). A thread
+    serves the delivery reports, so they arrive even while the loop only waits. A failed
+    delivery is never followed by its waiters: ``poll``/``flush`` raise and the worker
+    restarts from the committed offsets.
     """
 
     def __init__(self, bootstrap: str, linger_ms: int = 25) -> None:
@@ -176,15 +171,9 @@ class Outputs:
     def begin(self) -> None:
         self._batch = _Batch(self)
 
-    def end(self, done: Callable[[], Any]) -> None:
-        """Close the open batch: ``done`` runs when its outputs are all delivered."""
-        batch, self._batch = self._batch, _Batch(self)
-        with self.lock:
-            finished = batch.pending == 0
-            if not finished:
-                batch.done = done
-        if finished:
-            done()
+    def end(self) -> None:
+        """Close the open batch."""
+        self._batch = _Batch(self)
 
     def send(self, topic: str, key: str | None, record: dict) -> None:
         batch = self._batch
@@ -553,7 +542,11 @@ def _tune_gc() -> None:
 def _fetch_wait_consumer(fetch_wait_ms: int, fetch_min_bytes: int) -> type:
     """Faust's aiokafka consumer with our fetch wait and size: Faust fixes the wait at
     1,500 ms, and a broker that does not answer a waiting fetch when data arrives (Tansu)
-    holds every batch that long (``KafkaSettings.fetch_wait_ms``, ``fetch_min_bytes``)."""
+    holds every batch that long (``KafkaSettings.fetch_wait_ms``, ``fetch_min_bytes``).
+
+    Before it waits for every batch to be acked (at revocation and shutdown, where nothing
+    else would ack them), it runs the app's ``riskstream_drain``: the worker acks a batch
+    only once a whole checkpoint covers it (``build_app``)."""
     from faust.transport.drivers import aiokafka as driver
 
     class ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -567,11 +560,17 @@ def _fetch_wait_consumer(fetch_wait_ms: int, fetch_min_bytes: int) -> type:
         def _new_consumer_thread(self) -> ConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+        async def wait_empty(self) -> None:
+            drain = getattr(self.app, "riskstream_drain", None)
+            if drain is not None:
+                await drain()
+            await super().wait_empty()
+
     return Consumer
 
 
 def _table_put(table: faust.Table, partition: int, key: str, value: Any,
-               chunk_bytes: int) -> None:
+               chunk_bytes: int) -> list[asyncio.Future]:
     """``table[key] = value`` into the changelog partition of the input partition the state
     belongs to. A checkpoint also runs outside stream iteration (revocation, shutdown) and
     covers every stream's partitions, where ``table[key] = ...`` would take the partition of
@@ -584,10 +583,12 @@ def _table_put(table: faust.Table, partition: int, key: str, value: Any,
     stops the worker). The parts
     alternate between two slots ``s``, and the head is written after its parts in the same
     changelog partition: a crash in the middle of a checkpoint leaves the previous head and
-    its slot whole. Parts no longer named are deleted (tombstones) after the head."""
+    its slot whole. Parts no longer named are deleted (tombstones) after the head. Returns the
+    changelog records' futures (done when the broker has them)."""
     data = value if isinstance(value, bytes) else orjson.dumps(value)
     head = table.data.get(key)
     stale = {k for k in table.data if k.startswith(f"{key}#")}
+    sent = []
     if len(data) > chunk_bytes:
         previous = _chunked(head)
         slot = 1 - previous["slot"] if previous else 0
@@ -595,12 +596,13 @@ def _table_put(table: faust.Table, partition: int, key: str, value: Any,
         for i, part in enumerate(parts):
             part_key = f"{key}#{slot}.{i}"
             stale.discard(part_key)
-            _table_set(table, partition, part_key, part)
+            sent.append(_table_set(table, partition, part_key, part))
         data = orjson.dumps({CHUNKED: {"slot": slot, "parts": len(parts)}})
-    _table_set(table, partition, key, data)
+    sent.append(_table_set(table, partition, key, data))
     for part_key in stale:
         del table.data[part_key]
-        table.send_changelog(partition, part_key, None)
+        sent.append(table.send_changelog(partition, part_key, None))
+    return sent
 
 
 SNAPSHOT_WRITER = "models"  # the one key of the worker's ForkedWriter: one writer at a time
@@ -608,9 +610,9 @@ CHUNKED = "__chunked__"  # the head of a value written in parts (``_table_put``)
 SEAL_KEY = "__seal__"  # a marker after a checkpoint (``build_app``), never read
 
 
-def _table_set(table: faust.Table, partition: int, key: str, data: bytes) -> None:
+def _table_set(table: faust.Table, partition: int, key: str, data: bytes) -> asyncio.Future:
     table.data[key] = data
-    table.send_changelog(partition, key, data)
+    return table.send_changelog(partition, key, data)
 
 
 def _chunked(raw: bytes | None) -> dict | None:
@@ -674,13 +676,16 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     app.riskstream_pipeline = pipeline  # for tests and introspection
 
     dirty: set[tuple[str, int]] = set()  # partitions scored since their last checkpoint
+    scored: list[faust.EventT] = []  # their batches, acked once a whole checkpoint covers them
     checkpoint_due = [0.0]
 
     # Checkpoints taken, waiting for the outputs before them to be acknowledged, oldest first:
-    # (sequence, [(partition, "stream:partition", window state, alert state), ...]), the
-    # states as JSON taken when the checkpoint was (the live state moves on).
-    taken: deque[tuple[int, list[tuple[int, str, bytes, bytes]]]] = deque()
+    # (sequence, [(partition, "stream:partition", window state, alert state), ...], the
+    # batches it covers), the states as JSON taken when the checkpoint was (the live state
+    # moves on).
+    taken: deque[tuple[int, list[tuple[int, str, bytes, bytes]], list]] = deque()
     sequence = [0]
+    sealing: set[asyncio.Task] = set()  # checkpoints written, to be sealed, then acked
 
     def checkpoint(*, block: bool = False) -> None:
         """Window and alert state of every partition scored since the last checkpoint, with
@@ -691,7 +696,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         The state is taken now; it is written when the outputs are acknowledged
         (``Outputs.when_delivered``), the loop scoring on meanwhile: waiting for them here
         (a flush) held the loop ~10-35 ms per checkpoint at half load. ``block``: wait, and
-        write every checkpoint taken (revocation, shutdown)."""
+        write every checkpoint taken (``drain``)."""
         checkpoint_due[0] = time.monotonic() + kafka.checkpoint_interval_s
         if dirty:
             # released partitions are left out: their last checkpoint was written at revocation
@@ -707,7 +712,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                                orjson.dumps(alert_states[key])))
             dirty.clear()
             sequence[0] += 1
-            taken.append((sequence[0], states))
+            taken.append((sequence[0], states, scored[:]))
+            scored.clear()
             if not block:
                 upto = sequence[0]
                 outputs.when_delivered(lambda: write_taken(upto))
@@ -717,41 +723,62 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
 
     def write_taken(upto: int) -> None:
         """Write the checkpoints taken up to sequence ``upto``, in order (a later one's
-        acknowledgement may come first: it covers the earlier outputs too)."""
+        acknowledgement may come first: it covers the earlier outputs too), each then sealed
+        and its batches acked (``seal_and_ack``)."""
         while taken and taken[0][0] <= upto:
-            _, states = taken.popleft()
-            seal()  # the previous checkpoint, long sent: whole on recovery once this follows it
+            _, states, batches = taken.popleft()
+            sent = []
             for partition, key, windows, alerts in states:
-                _table_put(window_state, partition, key, windows, kafka.checkpoint_chunk_bytes)
-                _table_put(alert_state, partition, key, alerts, kafka.checkpoint_chunk_bytes)
-                written.add(partition)
+                sent += _table_put(window_state, partition, key, windows,
+                                   kafka.checkpoint_chunk_bytes)
+                sent += _table_put(alert_state, partition, key, alerts,
+                                   kafka.checkpoint_chunk_bytes)
+            task = asyncio.ensure_future(seal_and_ack(sent, {p for p, *_ in states}, batches))
+            sealing.add(task)
+            task.add_done_callback(sealing.discard)
 
     # Tansu 0.6 reports a partition's end offset as its last batch's base offset + 1, and a
     # Faust recovery reads a changelog up to that end only: the records after the first of
-    # the last batch are not restored. A marker record after a checkpoint, in a later batch,
-    # keeps the checkpoint whole: each checkpoint starts with one for the changelog partitions
-    # the previous one wrote, and the final checkpoint (shutdown, revocation) is followed by
-    # one once it is delivered. A crash loses at most the latest checkpoint, whose parts
-    # (``_table_put``) never overwrite the one before: the worker restarts from that one.
-    written: set[int] = set()
+    # the last batch are not restored. So a checkpoint is whole once a record follows it in a
+    # later batch: a marker written once the checkpoint is delivered. Only then are the input
+    # batches it covers acked, and Faust commits only acked offsets: after a crash the input
+    # is read again from where a whole checkpoint ends, and no batch is left out of the
+    # windows. A crash loses at most the latest checkpoint, whose parts (``_table_put``)
+    # never overwrite the one before: the worker restarts from that one.
+    async def seal_and_ack(sent: list[asyncio.Future], partitions: set[int],
+                           batches: list[faust.EventT]) -> None:
+        try:
+            await asyncio.gather(*sent)
+            await asyncio.gather(*(_table_set(table, partition, SEAL_KEY, b"{}")
+                                   for partition in partitions
+                                   for table in (window_state, alert_state)))
+        except Exception:  # its batches stay unacked: read again after a restart
+            log.exception("checkpoint of partitions %s not delivered", sorted(partitions))
+            return
+        for event in batches:
+            event.ack()
 
-    def seal() -> None:
-        for partition in written:
-            for table in (window_state, alert_state):
-                _table_set(table, partition, SEAL_KEY, b"{}")
-        written.clear()
-
-    async def checkpoint_sealed() -> None:
+    async def drain() -> None:
+        """Checkpoint everything scored, seal it and ack its batches: before Faust waits for
+        every batch to be acked (revocation, shutdown: ``_fetch_wait_consumer``), and when a
+        partition is handed over."""
         checkpoint(block=True)
-        await app.producer.flush()
-        seal()
-        await app.producer.flush()
+        while sealing:
+            await asyncio.gather(*sealing)
+
+    app.riskstream_drain = drain
+
+    @app.timer(interval=kafka.checkpoint_interval_s)
+    async def _checkpoint_idle() -> None:
+        # A stream that stops leaves its last batches unacked until a checkpoint covers them.
+        if dirty and time.monotonic() >= checkpoint_due[0]:
+            checkpoint()
 
     def scoring_agent(stream: str):
         topic = app.topic(VALIDATED[stream], value_serializer="raw", key_serializer="raw")
 
         async def agent(batches: faust.StreamT) -> None:
-            # Acks are manual: a batch is acked when its outputs are delivered (Outputs).
+            # Acks are manual: a batch is acked once a whole checkpoint covers it.
             async for event in batches.noack().events():
                 outputs.poll()
                 partition, offset = event.message.partition, event.message.offset
@@ -772,9 +799,10 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 with metrics.BATCH_SECONDS.labels(stream).time():
                     outputs.begin()
                     pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)
-                    outputs.end(event.ack)
+                    outputs.end()
                 entry[1] = offset
                 dirty.add((stream, partition))
+                scored.append(event)
                 if time.monotonic() >= checkpoint_due[0]:
                     checkpoint()
                 pipeline.maybe_snapshot(stream, partition, offset)
@@ -800,7 +828,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     async def _final_snapshots(app: faust.App, **kwargs: Any) -> None:
         # Best effort, each on its own: a failure is logged and the worker still stops (the
         # next start replays from the last checkpoint and snapshot).
-        for step in (checkpoint_sealed, pipeline.close):
+        for step in (drain, pipeline.close):
             try:
                 if asyncio.iscoroutine(done := step()):
                     await done
@@ -811,7 +839,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     async def _hand_over(app: faust.App, revoked: set, **kwargs: Any) -> None:
         # The new owner restores these partitions' state from the checkpoint and the models
         # from the snapshot written here.
-        await checkpoint_sealed()
+        await drain()
         for tp in revoked:
             if tp.topic == VALIDATED[SYSTEM_METRICS]:
                 pipeline.release(SYSTEM_METRICS, tp.partition)
