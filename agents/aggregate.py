@@ -14,6 +14,8 @@ group and window (``sum(count)``, ``sum(sum)``, ``max(max)``, ...).
 
 from __future__ import annotations
 
+import orjson
+
 
 class WindowAggregator:
     def __init__(self, stream: str, *, partition: int = 0, window_size_ms: int = 60_000,
@@ -81,14 +83,24 @@ class WindowAggregator:
                 })
         return out
 
+    def json_state(self) -> bytes:
+        """The state as JSON: the windows serialised as they are, ``{start: {group:
+        aggregate}}``, not copied into a row per window first (the worker's checkpoint takes
+        every partition's state on the event loop)."""
+        return orjson.dumps({"max_event_ms": self._max_event_ms, "late": self.late,
+                             "by_start": self._windows}, option=orjson.OPT_NON_STR_KEYS)
+
     def to_state(self) -> dict:
-        return {"max_event_ms": self._max_event_ms, "late": self.late,
-                "windows": [[k, s, *v] for s, groups in self._windows.items()
-                            for k, v in groups.items()]}
+        return orjson.loads(self.json_state())
 
     def load_state(self, state: dict) -> None:
+        """Restore ``to_state`` (or the rows ``[group, start, *aggregate]`` of checkpoints
+        written before ``by_start``)."""
         self._max_event_ms = state["max_event_ms"]
         self.late = state["late"]
+        if "by_start" in state:
+            self._windows = {int(start): groups for start, groups in state["by_start"].items()}
+            return
         self._windows = {}
         for row in state["windows"]:
             self._windows.setdefault(row[1], {})[row[0]] = list(row[2:])

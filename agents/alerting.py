@@ -386,41 +386,72 @@ class AlertEngine:
     # -- state -----------------------------------------------------------------------------
 
     def to_state(self, slice_: str = "") -> dict:
-        """JSON state of one input partition: resumes *after* the last batch it saw."""
-        return self.to_states([slice_])[slice_]
+        """JSON state of one input partition (decoded): resumes *after* the last batch it saw."""
+        return orjson.loads(self.json_states([slice_])[slice_])
 
-    def to_states(self, slices: Iterable[str]) -> dict[str, dict]:
-        """``to_state`` of several input partitions in one pass over the windows."""
-        wanted = {sl: ([], []) for sl in slices}  # slice -> (windows, evaluated)
+    def json_states(self, slices: Iterable[str]) -> dict[str, bytes]:
+        """The JSON state of several input partitions, in one pass over the groups (version 2:
+        ``{rule: {group: {bucket start: bucket}}}``). Each group's buckets are serialised as
+        they are, not copied into a list per bucket first (version 1): with ~3 MB of state that
+        copy held the worker's event loop ~30 ms of every checkpoint, once a second."""
+        wanted: dict[str, tuple[dict, dict]] = {sl: ({}, {}) for sl in slices}
         for (rule, group), by_slice in self._buckets.items():
             end = self._evaluated.get((rule, group))
             for sl, buckets in by_slice.items():
                 found = wanted.get(sl)
                 if found is None:
                     continue
-                found[0].extend([rule, group, s, b] for s, b in buckets.items())
+                windows, evaluated = found
+                groups = windows.get(rule)
+                if groups is None:
+                    groups = windows[rule] = {}
+                groups[group] = buckets
                 if end is not None:
-                    found[1].append([rule, group, end])
-        return {sl: {"version": 1, "stream": self._stream_of.get(sl),
-                     "max_event_ms": self._max_event.get(sl), "windows": windows,
-                     "evaluated": evaluated, "lifecycle": self.lifecycle.to_state(sl)}
+                    ends = evaluated.get(rule)
+                    if ends is None:
+                        ends = evaluated[rule] = {}
+                    ends[group] = end
+        return {sl: orjson.dumps({"version": 2, "stream": self._stream_of.get(sl),
+                                  "max_event_ms": self._max_event.get(sl), "windows": windows,
+                                  "evaluated": evaluated, "lifecycle": self.lifecycle.to_state(sl)},
+                                 option=orjson.OPT_NON_STR_KEYS)  # bucket starts are ints
                 for sl, (windows, evaluated) in wanted.items()}
 
     def load_state(self, state: dict, slice_: str = "") -> None:
+        """Restore a partition's state (version 2, or version 1 of checkpoints written before:
+        lists of ``[rule, group, start, bucket]`` and ``[rule, group, end]``)."""
         if state.get("stream"):
             self._stream_of[slice_] = state["stream"]
         if state.get("max_event_ms") is not None:
             self._max_event[slice_] = state["max_event_ms"]
-        for rule, group, start, bucket in state["windows"]:
+        windows, evaluated = state["windows"], state["evaluated"]
+        if state.get("version", 1) == 1:
+            windows = _nested(windows)
+            evaluated = _nested(evaluated)
+        for rule, groups in windows.items():
             if rule in self._by_name:
-                self._buckets.setdefault((rule, group), {}).setdefault(slice_, {})[start] = bucket
-        for rule, group, end in state["evaluated"]:
+                for group, buckets in groups.items():
+                    self._buckets.setdefault((rule, group), {}).setdefault(slice_, {}).update(
+                        (int(start), bucket) for start, bucket in buckets.items())
+        for rule, ends in evaluated.items():
             if rule in self._by_name:
-                self._evaluated[(rule, group)] = max(end, self._evaluated.get((rule, group), end))
+                for group, end in ends.items():
+                    key = (rule, group)
+                    self._evaluated[key] = max(end, self._evaluated.get(key, end))
         self.lifecycle.load_state(state["lifecycle"], slice_)
 
-    def json_state(self, slice_: str = "") -> bytes:
-        return orjson.dumps(self.to_state(slice_))
+
+def _nested(rows: list[list]) -> dict:
+    """Version-1 rows ``[rule, group, start, bucket]`` (or ``[rule, group, end]``) as version
+    2's ``{rule: {group: {start: bucket}}}`` (or ``{rule: {group: end}}``)."""
+    out: dict = {}
+    for rule, group, *rest in rows:
+        groups = out.setdefault(rule, {})
+        if len(rest) == 2:
+            groups.setdefault(group, {})[rest[0]] = rest[1]
+        else:
+            groups[group] = rest[0]
+    return out
 
 
 def alert_row(alert: dict) -> dict:

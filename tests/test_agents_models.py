@@ -98,10 +98,20 @@ def test_window_state_round_trips_through_json():
     import orjson
 
     agg = WindowAggregator("system-metrics")
-    agg.add("h/cpu", T0, 1.0, 0.5)
+    for i in range(5):
+        agg.add(f"h{i % 2}/cpu", T0 + i * 30_000, float(i), 0.5)
+    state = orjson.loads(agg.json_state())
     copy = WindowAggregator("system-metrics")
-    copy.load_state(orjson.loads(orjson.dumps(agg.to_state())))
-    assert copy.pop_closed(0, everything=True) == agg.pop_closed(0, everything=True)
+    copy.load_state(state)
+    # a checkpoint written before by_start: one row [group, start, *aggregate] per window
+    rows = [[group, int(start), *aggregate] for start, groups in state["by_start"].items()
+            for group, aggregate in groups.items()]
+    old = WindowAggregator("system-metrics")
+    old.load_state({"max_event_ms": state["max_event_ms"], "late": 0, "windows": rows})
+    expected = agg.pop_closed(0, everything=True)
+    assert len(expected) == 5  # two groups over three minutes (T0 is not on a minute)
+    assert copy.pop_closed(0, everything=True) == expected
+    assert old.pop_closed(0, everything=True) == expected
 
 
 def test_deduplicator_forgets_after_the_ttl():

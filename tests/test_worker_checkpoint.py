@@ -195,11 +195,11 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
     start = (int(time.time() * 1000) // minute - 5) * minute
     merchants = ["merchant-a", "merchant-b", "merchant-c"]
     with EmbeddedBroker() as broker:
-        ensure_topics(broker.bootstrap, partitions=1)
+        ensure_topics(broker.bootstrap, partitions=2)  # each checkpointed on its own
         env = {"RISKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
                "RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
                "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake"),
-               "RISKSTREAM_KAFKA_PARTITIONS": "1",
+               "RISKSTREAM_KAFKA_PARTITIONS": "2",
                # checkpoints 5 s apart, commits every 2.8 s (Faust's default): a commit that
                # did not wait for a checkpoint is seconds ahead of the last one
                "RISKSTREAM_KAFKA_CHECKPOINT_INTERVAL_S": "5"}
@@ -221,10 +221,10 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
 
         offsets = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "riskstream",
                             "enable.auto.commit": False})
-        tp = TopicPartition(VALIDATED[TRANSACTIONS], 0)
+        tps = [TopicPartition(VALIDATED[TRANSACTIONS], p) for p in range(2)]
 
         def committed() -> int:
-            return offsets.committed([tp], timeout=5)[0].offset
+            return sum(max(tp.offset, 0) for tp in offsets.committed(tps, timeout=5))
 
         first = Process(["worker"], env, tmp_path / "worker-1.log")
         sender = threading.Thread(target=stream, daemon=True)
@@ -260,9 +260,10 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
 
         second = Process(["worker"], env, tmp_path / "worker-2.log")
         try:
-            late = make_transaction(now_ms=start + 3 * minute, card_id="card-late",
-                                    merchant_id="merchant-late")
-            producer.produce(TRANSACTIONS, key=late["card_id"], value=orjson.dumps(late))
+            for i in range(20):  # the watermark of every partition passes the minute
+                late = make_transaction(now_ms=start + 3 * minute, card_id=f"card-late-{i}",
+                                        merchant_id="merchant-late")
+                producer.produce(TRANSACTIONS, key=late["card_id"], value=orjson.dumps(late))
             producer.flush(30)
             try:
                 wait_until(closed_minute, timeout_s=90, what="the minute's aggregates")
