@@ -102,6 +102,29 @@ def test_a_checkpoint_written_by_fausts_json_codec_reads_the_same():
     assert _table_get(table, "k") == state(3)
 
 
+class MinuteAggregates:
+    """The ``aggregates`` topic from its start: the counts of the transactions windows of the
+    minute ``start``, summed per merchant over partitions (``read`` reads what came since)."""
+
+    def __init__(self, bootstrap: str, start: int) -> None:
+        self.start, self.counts = start, {}
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t-aggregates",
+                                   "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+        self._consumer.subscribe([AGGREGATES])
+
+    def read(self) -> dict[str, int]:
+        for m in self._consumer.consume(500, timeout=0.5):
+            if m.error() is None:
+                row = orjson.loads(m.value())
+                if row["stream"] == TRANSACTIONS and row["window_start"] == self.start:
+                    key = row["group_key"]
+                    self.counts[key] = self.counts.get(key, 0) + row["count"]
+        return self.counts
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 @pytest.mark.integration
 def test_windows_bigger_than_a_message_are_back_after_a_worker_restart(tmp_path):
     """A worker checkpoints a minute of 300 merchants' windows (in parts: the limit is 1 KiB
@@ -148,18 +171,7 @@ def test_windows_bigger_than_a_message_are_back_after_a_worker_restart(tmp_path)
             assert first.stop() == 0, first.log()
         changelog.close()
 
-        aggregates = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "t-aggregates",
-                               "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
-        aggregates.subscribe([AGGREGATES])
-        counts: dict[str, int] = {}
-
-        def closed_minute() -> bool:
-            for m in aggregates.consume(500, timeout=0.5):
-                if m.error() is None:
-                    row = orjson.loads(m.value())
-                    if row["stream"] == TRANSACTIONS and row["window_start"] == start:
-                        counts[row["group_key"]] = counts.get(row["group_key"], 0) + row["count"]
-            return len(counts) >= len(merchants)
+        aggregates = MinuteAggregates(broker.bootstrap, start)
 
         second = Process(["worker"], env, tmp_path / "worker-2.log")
         try:
@@ -169,11 +181,13 @@ def test_windows_bigger_than_a_message_are_back_after_a_worker_restart(tmp_path)
                                    merchant_id=m, amount=10.0) for i, m in enumerate(merchants)])
             send([make_transaction(now_ms=start + 3 * minute, card_id="card-late",
                                    merchant_id="merchant-late")])
-            wait_until(closed_minute, timeout_s=90, what="the minute's aggregates")
+            wait_until(lambda: len(aggregates.read()) >= len(merchants), timeout_s=90,
+                       what="the minute's aggregates")
         finally:
             second.stop()
             aggregates.close()
-        assert counts == dict.fromkeys(merchants, 2)  # the first worker's event and the new one
+        # the first worker's event and the new one
+        assert aggregates.counts == dict.fromkeys(merchants, 2)
         assert heads[-1]["__chunked__"]["parts"] > 1
 
 
@@ -245,18 +259,7 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
         sender.join(30)
         offsets.close()
 
-        aggregates = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "t-aggregates",
-                               "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
-        aggregates.subscribe([AGGREGATES])
-        counts: dict[str, int] = {}
-
-        def closed_minute() -> bool:
-            for m in aggregates.consume(500, timeout=0.5):
-                if m.error() is None:
-                    row = orjson.loads(m.value())
-                    if row["stream"] == TRANSACTIONS and row["window_start"] == start:
-                        counts[row["group_key"]] = counts.get(row["group_key"], 0) + row["count"]
-            return sum(counts.values()) >= sent[0]
+        aggregates = MinuteAggregates(broker.bootstrap, start)
 
         second = Process(["worker"], env, tmp_path / "worker-2.log")
         try:
@@ -266,10 +269,11 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
                 producer.produce(TRANSACTIONS, key=late["card_id"], value=orjson.dumps(late))
             producer.flush(30)
             try:
-                wait_until(closed_minute, timeout_s=90, what="the minute's aggregates")
+                wait_until(lambda: sum(aggregates.read().values()) >= sent[0], timeout_s=90,
+                           what="the minute's aggregates")
             except AssertionError:
                 pass  # the counts below say what is missing
         finally:
             second.stop()
             aggregates.close()
-        assert sum(counts.values()) == sent[0], (counts, sent[0], commits)
+        assert sum(aggregates.counts.values()) == sent[0], (aggregates.counts, sent[0], commits)
