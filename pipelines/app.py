@@ -756,12 +756,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
             await asyncio.gather(*(_table_set(table, partition, SEAL_KEY, b"{}")
                                    for partition in partitions
                                    for table in (window_state, alert_state)))
-        except Exception as exc:
-            # Its batches stay unacked, so read again after a restart; the worker stops as on
-            # an output it could not deliver (the agent's next ``poll``, or ``drain``), rather
-            # than wait forever for them to be acked at the next rebalance or stop.
+        except Exception:  # its batches stay unacked: read again after a restart
             log.exception("checkpoint of partitions %s not delivered", sorted(partitions))
-            outputs.error = RuntimeError(f"checkpoint not delivered: {exc!r}")
             return
         for event in batches:
             event.ack()
@@ -773,7 +769,6 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         checkpoint(block=True)
         while sealing:
             await asyncio.gather(*sealing)
-        outputs.poll()  # a checkpoint not delivered: raise, not wait for its acks forever
 
     app.riskstream_drain = drain
 
