@@ -675,10 +675,10 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                             value_type=bytes)
     app.riskstream_pipeline = pipeline  # for tests and introspection
 
-    # Partitions scored since their last checkpoint -> those batches, acked once a whole
-    # checkpoint covers them; when each partition is due for its next checkpoint.
+    # Partitions scored since the last checkpoint -> those batches, acked once a whole
+    # checkpoint covers them.
     dirty: dict[tuple[str, int], list[faust.EventT]] = {}
-    checkpoint_due: dict[tuple[str, int], float] = {}
+    checkpoint_due = [0.0]
 
     # Checkpoints taken, waiting for the outputs before them to be acknowledged, oldest first:
     # (sequence, [(partition, "stream:partition", window state, alert state), ...], the
@@ -688,25 +688,33 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     sequence = [0]
     sealing: set[asyncio.Task] = set()  # checkpoints written, to be sealed, then acked
 
-    def checkpoint(parts: list[tuple[str, int]] | None = None, *, block: bool = False) -> None:
-        """Window and alert state of input partitions ``parts`` (default: every one scored
-        since its last checkpoint), with the offset it covers, written once every output so
-        far is acknowledged: a checkpoint never covers an output that could still be lost.
-        A partition's at most every ``checkpoint_interval_s`` (a state write per batch cost
-        more than scoring), each on its own schedule: all of them at once held the event loop
-        ~30-60 ms once a second at half load, a stall in the latency of every event behind it.
+    def held() -> list[tuple[str, int]]:
+        """The input partitions with window state that this worker is assigned now."""
+        assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+        return [(stream, partition) for stream, partition in pipeline.windows
+                if (VALIDATED[stream], partition) in assigned]
+
+    def checkpoint(*, block: bool = False) -> None:
+        """Window and alert state of every input partition held, with the offset it covers,
+        written once every output so far is acknowledged: a checkpoint never covers an output
+        that could still be lost. At most every ``checkpoint_interval_s`` (a state write per
+        batch cost more than scoring), when a partition was scored since the last one.
+
+        Every partition held, not only the scored ones: a batch of one partition can change
+        the alert state kept under another (a group's window alert is kept under the partition
+        that saw the group first; a stream's alerts resolve together), and that change must be
+        in the checkpoint that acks the batch. (Checkpointing each partition on its own
+        schedule cut the loop's longest stalls but not the latency, and lost that.)
 
         The state is taken now; it is written when the outputs are acknowledged
         (``Outputs.when_delivered``), the loop scoring on meanwhile: waiting for them here
         (a flush) held the loop ~10-35 ms per checkpoint at half load. ``block``: wait, and
         write every checkpoint taken (``drain``)."""
-        parts = list(dirty) if parts is None else parts
-        due = time.monotonic() + kafka.checkpoint_interval_s
-        for part in parts:
-            checkpoint_due[part] = due
-        if parts:
-            # released partitions are left out: their last checkpoint was written at revocation
-            live = [part for part in parts if part in pipeline.windows]
+        checkpoint_due[0] = time.monotonic() + kafka.checkpoint_interval_s
+        if dirty:
+            # released (revoked) partitions are left out: their last checkpoint was written at
+            # revocation, and their next owner writes the next
+            live = held()
             alert_states = pipeline.alerts.json_states([f"{s}:{p}" for s, p in live])
             states = []
             for stream, partition in live:
@@ -717,7 +725,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                                alert_states[key]))
             sequence[0] += 1
             taken.append((sequence[0], states,
-                          [batch for part in parts for batch in dirty.pop(part, ())]))
+                          [batch for batches in dirty.values() for batch in batches]))
+            dirty.clear()
             if not block:
                 upto = sequence[0]
                 outputs.when_delivered(lambda: write_taken(upto))
@@ -775,9 +784,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     @app.timer(interval=kafka.checkpoint_interval_s)
     async def _checkpoint_idle() -> None:
         # A stream that stops leaves its last batches unacked until a checkpoint covers them.
-        now = time.monotonic()
-        if late := [part for part in dirty if now >= checkpoint_due.get(part, 0.0)]:
-            checkpoint(late)
+        if dirty and time.monotonic() >= checkpoint_due[0]:
+            checkpoint()
 
     def scoring_agent(stream: str):
         topic = app.topic(VALIDATED[stream], value_serializer="raw", key_serializer="raw")
@@ -806,10 +814,9 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                     pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)
                     outputs.end()
                 entry[1] = offset
-                part = (stream, partition)
-                dirty.setdefault(part, []).append(event)
-                if time.monotonic() >= checkpoint_due.get(part, 0.0):
-                    checkpoint([part])
+                dirty.setdefault((stream, partition), []).append(event)
+                if time.monotonic() >= checkpoint_due[0]:
+                    checkpoint()
                 pipeline.maybe_snapshot(stream, partition, offset)
 
         agent.__name__ = agent.__qualname__ = f"score_{stream.replace('-', '_')}"
