@@ -637,6 +637,17 @@ def _table_get(table: faust.Table, key: str) -> Any:
     return orjson.loads(b"".join(parts))
 
 
+def _stored_alerts(window_state: faust.Table, alert_state: faust.Table, key: str) -> dict | None:
+    """A partition's alert state from its checkpoint: in the window-state value, written with
+    the windows as one value (two values, one per table, could be restored from two different
+    checkpoints after a crash between them: the rate rules would miss, or count twice, the
+    batches between); in the alert-state table for checkpoints written before."""
+    stored = _table_get(window_state, key)
+    if stored is not None and "alerts" in stored:
+        return stored["alerts"]
+    return _table_get(alert_state, key)
+
+
 def _strip(record: dict) -> dict:
     """The output record: the validated event without its routing field."""
     record.pop("stream", None)
@@ -668,7 +679,9 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     outputs = Outputs(bootstrap, kafka.output_linger_ms)
     pipeline = Pipeline(settings, outputs, bootstrap)
     # JSON bytes, read and written by _table_get / _table_put (large values in parts); a
-    # checkpoint written by the json codec before reads the same.
+    # checkpoint written by the json codec before reads the same. "window-state" holds a
+    # partition's whole checkpoint, windows and alerts in one value (``_stored_alerts``);
+    # "alert-state" is only read, for checkpoints written before.
     window_state = app.Table("window-state", default=None, partitions=kafka.partitions,
                              value_type=bytes)
     alert_state = app.Table("alert-state", default=None, partitions=kafka.partitions,
@@ -681,10 +694,10 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     checkpoint_due = [0.0]
 
     # Checkpoints taken, waiting for the outputs before them to be acknowledged, oldest first:
-    # (sequence, [(partition, "stream:partition", window state, alert state), ...], the
+    # (sequence, [(partition, "stream:partition", state), ...], the
     # batches it covers), the states as JSON taken when the checkpoint was (the live state
     # moves on).
-    taken: deque[tuple[int, list[tuple[int, str, bytes, bytes]], list]] = deque()
+    taken: deque[tuple[int, list[tuple[int, str, bytes]], list]] = deque()
     sequence = [0]
     sealing: set[asyncio.Task] = set()  # checkpoints written, to be sealed, then acked
 
@@ -720,9 +733,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
             for stream, partition in live:
                 agg, offset = pipeline.windows[(stream, partition)]
                 key = f"{stream}:{partition}"
-                states.append((partition, key,
-                               b'{"offset":%d,"windows":%b}' % (offset, agg.json_state()),
-                               alert_states[key]))
+                states.append((partition, key, b'{"offset":%d,"windows":%b,"alerts":%b}'
+                               % (offset, agg.json_state(), alert_states[key])))
             sequence[0] += 1
             taken.append((sequence[0], states,
                           [batch for batches in dirty.values() for batch in batches]))
@@ -741,10 +753,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         while taken and taken[0][0] <= upto:
             _, states, batches = taken.popleft()
             sent = []
-            for partition, key, windows, alerts in states:
-                sent += _table_put(window_state, partition, key, windows,
-                                   kafka.checkpoint_chunk_bytes)
-                sent += _table_put(alert_state, partition, key, alerts,
+            for partition, key, state in states:
+                sent += _table_put(window_state, partition, key, state,
                                    kafka.checkpoint_chunk_bytes)
             task = asyncio.ensure_future(seal_and_ack(sent, {p for p, *_ in states}, batches))
             sealing.add(task)
@@ -762,9 +772,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                            batches: list[faust.EventT]) -> None:
         try:
             await asyncio.gather(*sent)
-            await asyncio.gather(*(_table_set(table, partition, SEAL_KEY, b"{}")
-                                   for partition in partitions
-                                   for table in (window_state, alert_state)))
+            await asyncio.gather(*(_table_set(window_state, partition, SEAL_KEY, b"{}")
+                                   for partition in partitions))
         except Exception:  # its batches stay unacked: read again after a restart
             log.exception("checkpoint of partitions %s not delivered", sorted(partitions))
             return
@@ -808,7 +817,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                         pipeline.relearn(stream, partition, orjson.loads(event.value), offset)
                     event.ack()
                     continue
-                pipeline.alert_slice(state_key, lambda: _table_get(alert_state, state_key))
+                pipeline.alert_slice(
+                    state_key, lambda: _stored_alerts(window_state, alert_state, state_key))
                 with metrics.BATCH_SECONDS.labels(stream).time():
                     outputs.begin()
                     pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)

@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, Producer
 from factories import make_transaction
 from processes import Process, wait_until
 
-from pipelines.app import _table_get, _table_put
+from pipelines.app import _stored_alerts, _table_get, _table_put
 from pipelines.broker import EmbeddedBroker, ensure_topics
 from pipelines.topics import AGGREGATES, TRANSACTIONS
 
@@ -92,6 +92,19 @@ def test_parts_no_longer_named_are_deleted():
     after = restored(table.changelog)
     assert set(after.data) == set(table.data) == {"k"}
     assert _table_get(after, "k") == state(2)
+
+
+def test_alert_state_is_read_from_the_whole_checkpoint_or_from_its_table_before():
+    """Windows and alerts are one value now, so a crash cannot restore them from two different
+    checkpoints; a checkpoint written before (alerts in their own table) still restores."""
+    alerts_now, alerts_before = {"version": 2, "windows": {}}, {"version": 1, "windows": []}
+    windows = {"offset": 7, "windows": {"max_event_ms": 0, "late": 0, "by_start": {}}}
+    whole = Table({"transactions:0": orjson.dumps({**windows, "alerts": alerts_now})})
+    stale = Table({"transactions:0": orjson.dumps(alerts_before)})
+    assert _stored_alerts(whole, stale, "transactions:0") == alerts_now
+    before = Table({"transactions:0": orjson.dumps(windows)})
+    assert _stored_alerts(before, stale, "transactions:0") == alerts_before
+    assert _stored_alerts(Table(), Table(), "transactions:0") is None
 
 
 def test_a_checkpoint_written_by_fausts_json_codec_reads_the_same():
