@@ -10,8 +10,9 @@ Outputs go out through one confluent-kafka producer, one JSON object per message
 output schemas of ``schemas/outputs.py``). The agent never waits for the broker between
 batches.
 
-Window and alert state are checkpointed to the ``window-state`` and ``alert-state`` tables
-(one value per input partition, not one write per event) at most every
+Window and alert state are checkpointed to the ``window-state`` table (one value per input
+partition, windows and alerts together, not one write per event; ``alert-state`` is read for
+checkpoints written before) at most every
 ``checkpoint_interval_s`` (also when the input stops), at revocation and at shutdown, with the
 input offset they cover, each written once every output before it is acknowledged (the loop
 does not wait for that). The agent acks a batch (manual Faust acks) once a checkpoint covering
