@@ -90,11 +90,8 @@ class WindowAggregator:
         return orjson.dumps({"max_event_ms": self._max_event_ms, "late": self.late,
                              "by_start": self._windows}, option=orjson.OPT_NON_STR_KEYS)
 
-    def to_state(self) -> dict:
-        return orjson.loads(self.json_state())
-
     def load_state(self, state: dict) -> None:
-        """Restore ``to_state`` (or the rows ``[group, start, *aggregate]`` of checkpoints
+        """Restore ``json_state`` (or the rows ``[group, start, *aggregate]`` of checkpoints
         written before ``by_start``)."""
         self._max_event_ms = state["max_event_ms"]
         self.late = state["late"]

@@ -132,7 +132,7 @@ class Outputs:
     """The worker's producer for output topics, acknowledged per input batch.
 
     The agent does not wait for the broker between batches: ``begin()`` opens a batch, every
-    ``send`` counts against it, ``end()`` closes it, and ``when_delivered(fn)`` runs ``fn`` on
+    ``send`` counts against it until the next ``begin()``, and ``when_delivered(fn)`` runs ``fn`` on
     the event loop once the broker has acknowledged every output sent so far (the checkpoint
     is written then, and the batches it covers are acked after it: ``build_app``). A thread
     serves the delivery reports, so they arrive even while the loop only waits. A failed
@@ -149,7 +149,7 @@ class Outputs:
         self.lock = threading.Lock()
         self.inflight: set[_Batch] = set()  # batches with outputs not yet acknowledged
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batch = _Batch(self)  # sends outside a batch (silences, quality) count here
+        self._batch = _Batch(self)  # sends between batches (silences, quality) count in the last one
         self._poller = threading.Thread(target=self._serve, name="output-deliveries",
                                         daemon=True)
 
@@ -170,10 +170,6 @@ class Outputs:
             self._producer.poll(0.05)
 
     def begin(self) -> None:
-        self._batch = _Batch(self)
-
-    def end(self) -> None:
-        """Close the open batch."""
         self._batch = _Batch(self)
 
     def send(self, topic: str, key: str | None, record: dict) -> None:
@@ -358,7 +354,8 @@ class Pipeline:
         self._writer.wait()
 
     def release(self, stream: str, partition: int) -> None:
-        """A partition moves to another worker: snapshot its models now and forget them.
+        """A partition moves to another worker: snapshot its models now and forget them and its
+        windows (read from its checkpoint again if it comes back).
 
         The fraud scorers are per worker: they keep the partition's card state (harmless) and
         their next snapshot no longer claims its offset.
@@ -606,6 +603,8 @@ def _table_put(table: faust.Table, partition: int, key: str, value: Any,
     return sent
 
 
+# validated topic -> the stream a scoring agent reads from it
+SCORED_STREAMS = {VALIDATED[s]: s for s in (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS)}
 SNAPSHOT_WRITER = "models"  # the one key of the worker's ForkedWriter: one writer at a time
 CHUNKED = "__chunked__"  # the head of a value written in parts (``_table_put``)
 SEAL_KEY = "__seal__"  # a marker after a checkpoint (``build_app``), never read
@@ -689,9 +688,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                             value_type=bytes)
     app.riskstream_pipeline = pipeline  # for tests and introspection
 
-    # Partitions scored since the last checkpoint -> those batches, acked once a whole
-    # checkpoint covers them.
-    dirty: dict[tuple[str, int], list[faust.EventT]] = {}
+    # Batches scored since the last checkpoint, acked once a whole checkpoint covers them.
+    scored: list[faust.EventT] = []
     checkpoint_due = [0.0]
 
     # Checkpoints taken, waiting for the outputs before them to be acknowledged, oldest first:
@@ -702,17 +700,11 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     sequence = [0]
     sealing: set[asyncio.Task] = set()  # checkpoints written, to be sealed, then acked
 
-    def held() -> list[tuple[str, int]]:
-        """The input partitions with window state that this worker is assigned now."""
-        assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
-        return [(stream, partition) for stream, partition in pipeline.windows
-                if (VALIDATED[stream], partition) in assigned]
-
     def checkpoint(*, block: bool = False) -> None:
         """Window and alert state of every input partition held, with the offset it covers,
         written once every output so far is acknowledged: a checkpoint never covers an output
         that could still be lost. At most every ``checkpoint_interval_s`` (a state write per
-        batch cost more than scoring), when a partition was scored since the last one.
+        batch cost more than scoring), when a batch was scored since the last one.
 
         Every partition held, not only the scored ones: a batch of one partition can change
         the alert state kept under another (a group's window alert is kept under the partition
@@ -725,10 +717,9 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         (a flush) held the loop ~10-35 ms per checkpoint at half load. ``block``: wait, and
         write every checkpoint taken (``drain``)."""
         checkpoint_due[0] = time.monotonic() + kafka.checkpoint_interval_s
-        if dirty:
-            # released (revoked) partitions are left out: their last checkpoint was written at
-            # revocation, and their next owner writes the next
-            live = held()
+        if scored:
+            # partitions released at revocation are not held: their next owner checkpoints them
+            live = list(pipeline.windows)
             alert_states = pipeline.alerts.json_states([f"{s}:{p}" for s, p in live])
             states = []
             for stream, partition in live:
@@ -737,9 +728,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 states.append((partition, key, b'{"offset":%d,"windows":%b,"alerts":%b}'
                                % (offset, agg.json_state(), alert_states[key])))
             sequence[0] += 1
-            taken.append((sequence[0], states,
-                          [batch for batches in dirty.values() for batch in batches]))
-            dirty.clear()
+            taken.append((sequence[0], states, scored[:]))
+            scored.clear()
             if not block:
                 upto = sequence[0]
                 outputs.when_delivered(lambda: write_taken(upto))
@@ -794,7 +784,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     @app.timer(interval=kafka.checkpoint_interval_s)
     async def _checkpoint_idle() -> None:
         # A stream that stops leaves its last batches unacked until a checkpoint covers them.
-        if dirty and time.monotonic() >= checkpoint_due[0]:
+        if scored and time.monotonic() >= checkpoint_due[0]:
             checkpoint()
 
     def scoring_agent(stream: str):
@@ -823,9 +813,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 with metrics.BATCH_SECONDS.labels(stream).time():
                     outputs.begin()
                     pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)
-                    outputs.end()
                 entry[1] = offset
-                dirty.setdefault((stream, partition), []).append(event)
+                scored.append(event)
                 if time.monotonic() >= checkpoint_due[0]:
                     checkpoint()
                 pipeline.maybe_snapshot(stream, partition, offset)
@@ -838,7 +827,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         outputs.start(asyncio.get_running_loop())
         _tune_gc()
 
-    for stream in (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS):
+    for stream in SCORED_STREAMS.values():
         scoring_agent(stream)
 
     @app.agent(app.topic(VALIDATED[LABELS], value_serializer="raw", key_serializer="raw"),
@@ -864,8 +853,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         # from the snapshot written here.
         await drain()
         for tp in revoked:
-            if tp.topic == VALIDATED[SYSTEM_METRICS]:
-                pipeline.release(SYSTEM_METRICS, tp.partition)
+            if stream := SCORED_STREAMS.get(tp.topic):
+                pipeline.release(stream, tp.partition)
 
     if run_gateway:
         @app.service

@@ -42,7 +42,6 @@ def test_when_delivered_runs_once_every_earlier_output_is_in_the_broker(bootstra
             outputs.begin()
             for i in range(100):
                 outputs.send(SCORED_TRANSACTIONS, f"card-{i}", {"event_id": f"{batch}-{i}"})
-            outputs.end()
         outputs.when_delivered(lambda: (events.append("checkpoint"),
                                         delivered.set_result(len(outputs.inflight))))
         assert events == []  # nothing acknowledged yet: 200 ms of linger
