@@ -149,7 +149,7 @@ class Outputs:
         self.lock = threading.Lock()
         self.inflight: set[_Batch] = set()  # batches with outputs not yet acknowledged
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batch = _Batch(self)  # sends between batches (silences, quality) count in the last one
+        self._batch = _Batch(self)  # sends between batches (silences, quality): the last one
         self._poller = threading.Thread(target=self._serve, name="output-deliveries",
                                         daemon=True)
 
