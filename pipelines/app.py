@@ -77,6 +77,7 @@ from pipelines.topics import (
     AGGREGATES,
     ALERTS,
     APPLICATIONS,
+    DEAD_LETTER,
     LABELS,
     METRIC_ANOMALIES,
     METRIC_SAMPLES,
@@ -89,6 +90,7 @@ from pipelines.topics import (
     VALIDATED,
 )
 from schemas.outputs import METRIC_SAMPLE
+from schemas.pii import redact_raw
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,10 @@ class _Batch:
     def delivered(self, err: Any, _msg: Any) -> None:
         outputs = self.outputs
         if err is not None:
-            outputs.error = RuntimeError(f"output delivery failed: {err}")
-            return  # its waiters never run: the worker stops at its next poll
+            outputs.error = error = RuntimeError(f"output delivery failed: {err}")
+            if outputs.on_error is not None:
+                outputs.on_loop(lambda: outputs.on_error(error))
+            return  # its waiters never run: the worker stops
         ready: list[Callable[[], Any]] = []
         with outputs.lock:
             self.pending -= 1
@@ -136,8 +140,9 @@ class Outputs:
     the event loop once the broker has acknowledged every output sent so far (the checkpoint
     is written then, and the batches it covers are acked after it: ``build_app``). A thread
     serves the delivery reports, so they arrive even while the loop only waits. A failed
-    delivery is never followed by its waiters: ``poll``/``flush`` raise and the worker
-    restarts from the committed offsets.
+    delivery is never followed by its waiters: ``on_error`` runs on the loop (the worker
+    stops, ``build_app``), ``poll``/``flush`` raise, and the worker restarts from the
+    committed offsets.
     """
 
     def __init__(self, bootstrap: str, linger_ms: int = 25) -> None:
@@ -146,6 +151,7 @@ class Outputs:
         # at 5 ms, 8 % at 50 ms).
         self._producer = Producer(producer_config(bootstrap, **{"linger.ms": linger_ms}))
         self.error: Exception | None = None
+        self.on_error: Callable[[Exception], Any] | None = None
         self.lock = threading.Lock()
         self.inflight: set[_Batch] = set()  # batches with outputs not yet acknowledged
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -412,10 +418,13 @@ class Pipeline:
         self._send_alerts(self.alerts.tick(stream, now))
 
     def score_batch(self, stream: str, events: list[dict], agg: WindowAggregator,
-                    partition: int = 0) -> None:
-        """Score a batch of one input partition: outputs, windows, alerts, metrics.
+                    partition: int = 0, offset: int = -1) -> None:
+        """Score a batch of one input partition (its message at ``offset``): outputs,
+        windows, alerts, metrics.
 
-        The hot path: one loop per stream, metric children looked up once per batch.
+        The hot path: one loop per stream, metric children looked up once per batch. An event
+        whose scoring raises goes to dead-letter (``_dead_letter``) and the batch goes on: a
+        validated event the code cannot score would otherwise stop the worker at every replay.
         """
         now = _now_ms()
         send, alert, add = self.outputs.send, self._alert, agg.add
@@ -430,22 +439,31 @@ class Pipeline:
                  "requested_amount"))
             score = scorer.score_record
             for event in events:
-                record = score(event, now)
-                send(topic, event[entity], _strip(record))
-                late += not add(event[group], event["event_time"], event[value], record["score"])
-                alert(stream, record, event[entity], now)
+                try:
+                    record = score(event, now)
+                    send(topic, event[entity], _strip(record))
+                    late += not add(event[group], event["event_time"], event[value],
+                                    record["score"])
+                    alert(stream, record, event[entity], now)
+                except Exception as exc:  # one event the code cannot score: not the batch
+                    self._dead_letter(stream, event, "scoring", exc, partition, offset)
+                    continue
                 decisions[record["decision"]] += 1
                 observe(record["score"])
         else:
             score = self.metric_scorer(partition).score_record
             for event in events:
-                record = score(event, now)
-                series = f"{event['host']}/{event['metric']}"
-                send(METRIC_SAMPLES, series, _strip(record))
-                if record["score"] >= self.anomaly_threshold:
-                    send(METRIC_ANOMALIES, series, record)
-                late += not add(series, event["event_time"], event["value"], record["score"])
-                alert(stream, record, series, now)
+                try:
+                    record = score(event, now)
+                    series = f"{event['host']}/{event['metric']}"
+                    send(METRIC_SAMPLES, series, _strip(record))
+                    if record["score"] >= self.anomaly_threshold:
+                        send(METRIC_ANOMALIES, series, record)
+                    late += not add(series, event["event_time"], event["value"], record["score"])
+                    alert(stream, record, series, now)
+                except Exception as exc:
+                    self._dead_letter(stream, event, "scoring", exc, partition, offset)
+                    continue
                 observe(record["score"])
             # Silence is checked in event time, at most once per SILENCE_CHECK_MS of it: the
             # check walks every series of the partition.
@@ -463,6 +481,24 @@ class Pipeline:
             metrics.AGGREGATES.labels(stream).inc()
         self._alert_tick(stream, now)
 
+    def _dead_letter(self, stream: str, event: dict, kind: str, exc: Exception,
+                     partition: int, offset: int) -> None:
+        """Dead-letter a validated event (or label) the worker raised on (a bug, or an input
+        validation let pass): kind ``scoring`` or ``learning``, the error as the reason, the
+        event as the original (no raw PII: it passed the gateway, and is redacted again).
+        Outputs it produced before the error may have been sent; its windows and features may
+        hold part of it. Counted, and logged with the traceback, without the event."""
+        topic = VALIDATED[stream]
+        log.error("%s partition %d offset %d: %s of event %s failed; sent to dead-letter",
+                  topic, partition, offset, kind, event.get("event_id"), exc_info=exc)
+        self.outputs.send(DEAD_LETTER, topic, {
+            "source_topic": topic, "source_partition": partition, "source_offset": offset,
+            "key": None, "kind": kind, "reason": f"{kind} failed: {exc!r}"[:500],
+            "event_id": event.get("event_id"),
+            "original": redact_raw(stream, orjson.dumps(event, default=str)),
+            "received_at": _now_ms()})
+        metrics.REJECTED.labels(topic, kind).inc()
+
     def _silences(self, partition: int, event_clock_ms: int, now: int) -> None:
         """Series of this partition that stopped reporting, in event time: anomalies."""
         for record in self.metric_scorer(partition).silent_series(event_clock_ms):
@@ -472,14 +508,22 @@ class Pipeline:
             self.outputs.send(METRIC_ANOMALIES, series, record)
             self._alert(SYSTEM_METRICS, record, series, now)
 
-    def learn_labels(self, labels: list[dict]) -> None:
+    def learn_labels(self, labels: list[dict], partition: int = 0, offset: int = -1) -> None:
+        """Teach the fraud scorers a batch of labels (its message at ``offset``); a label
+        whose learning raises goes to dead-letter (``_dead_letter``), the others are learned."""
         scorers = {TRANSACTIONS: self.transactions, APPLICATIONS: self.applications}
         for label in labels:
             scorer = scorers.get(label["target_stream"])
             if scorer is None:
                 continue  # metric incidents: used by evaluation, not learned online yet
-            # The label's own time: merchant risk counts it from when it became known.
-            if scorer.learn_label(label["target_event_id"], label["label"], label["event_time"]):
+            try:
+                # The label's own time: merchant risk counts it from when it became known.
+                learned = scorer.learn_label(label["target_event_id"], label["label"],
+                                             label["event_time"])
+            except Exception as exc:
+                self._dead_letter(LABELS, label, "learning", exc, partition, offset)
+                continue
+            if learned:
                 metrics.LABELS_LEARNED.labels(label["target_stream"]).inc()
             else:
                 metrics.LABELS_UNMATCHED.labels(label["target_stream"]).inc()
@@ -544,7 +588,8 @@ def _fetch_wait_consumer(fetch_wait_ms: int, fetch_min_bytes: int) -> type:
 
     Before it waits for every batch to be acked (at revocation and shutdown, where nothing
     else would ack them), it runs the app's ``riskstream_drain``: the worker acks a batch
-    only once a whole checkpoint covers it (``build_app``)."""
+    only once a whole checkpoint covers it (``build_app``). A worker stopping on a fault does
+    not wait: nothing is acked after one."""
     from faust.transport.drivers import aiokafka as driver
 
     class ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -562,6 +607,8 @@ def _fetch_wait_consumer(fetch_wait_ms: int, fetch_min_bytes: int) -> type:
             drain = getattr(self.app, "riskstream_drain", None)
             if drain is not None:
                 await drain()
+            if getattr(self.app, "riskstream_failed", None):
+                return  # stopping on a fault: its batches stay unacked on purpose (``fail``)
             await super().wait_empty()
 
     return Consumer
@@ -688,6 +735,25 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                             value_type=bytes)
     app.riskstream_pipeline = pipeline  # for tests and introspection
 
+    # Why the worker stopped itself, if it did (``cmd_worker`` then exits non-zero).
+    failed: list[str] = []
+    app.riskstream_failed = failed
+
+    def fail(why: str, exc: BaseException | None = None) -> None:
+        """Stop the worker on a fault it cannot score past: an output or a checkpoint the
+        broker did not take, an error outside one event's scoring (those go to dead-letter,
+        ``Pipeline.score_batch``), the gateway gone. Nothing is checkpointed or acked from
+        now on, and no agent takes another batch: the restart (the supervisor, ``up``, the
+        orchestrator) reads the input again from the last whole checkpoint. Going on instead
+        would lose the batch in hand: a later checkpoint would cover offsets past it, and its
+        replay would be skipped as applied."""
+        if not failed:
+            failed.append(why)
+            log.critical("stopping the worker: %s", why, exc_info=exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    outputs.on_error = lambda exc: fail("an output was not delivered", exc)
+
     # Batches scored since the last checkpoint, acked once a whole checkpoint covers them.
     scored: list[faust.EventT] = []
     checkpoint_due = [0.0]
@@ -717,6 +783,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         (a flush) held the loop ~10-35 ms per checkpoint at half load. ``block``: wait, and
         write every checkpoint taken (``drain``)."""
         checkpoint_due[0] = time.monotonic() + kafka.checkpoint_interval_s
+        if failed:
+            return  # after a fault nothing more is acked (``fail``)
         if scored:
             # partitions released at revocation are not held: their next owner checkpoints them
             live = list(pipeline.windows)
@@ -765,19 +833,24 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
             await asyncio.gather(*sent)
             await asyncio.gather(*(_table_set(window_state, partition, SEAL_KEY, b"{}")
                                    for partition in partitions))
-        except Exception:  # its batches stay unacked: read again after a restart
-            log.exception("checkpoint of partitions %s not delivered", sorted(partitions))
+        except Exception as exc:  # its batches stay unacked: read again after a restart
+            fail(f"checkpoint of partitions {sorted(partitions)} not delivered", exc)
             return
-        for event in batches:
-            event.ack()
+        if not failed:
+            for event in batches:
+                event.ack()
 
     async def drain() -> None:
         """Checkpoint everything scored, seal it and ack its batches: before Faust waits for
         every batch to be acked (revocation, shutdown: ``_fetch_wait_consumer``), and when a
-        partition is handed over."""
-        checkpoint(block=True)
+        partition is handed over. A fault stops the worker (``fail``), not the caller: Faust
+        stops even if the batches are never acked."""
+        try:
+            checkpoint(block=True)
+        except Exception as exc:
+            fail("the checkpoint before a hand-over or a stop failed", exc)
         while sealing:
-            await asyncio.gather(*sealing)
+            await asyncio.gather(*sealing, return_exceptions=True)
 
     app.riskstream_drain = drain
 
@@ -785,7 +858,10 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     async def _checkpoint_idle() -> None:
         # A stream that stops leaves its last batches unacked until a checkpoint covers them.
         if scored and time.monotonic() >= checkpoint_due[0]:
-            checkpoint()
+            try:
+                checkpoint()
+            except Exception as exc:
+                fail("checkpoint failed", exc)
 
     def scoring_agent(stream: str):
         topic = app.topic(VALIDATED[stream], value_serializer="raw", key_serializer="raw")
@@ -793,31 +869,41 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         async def agent(batches: faust.StreamT) -> None:
             # Acks are manual: a batch is acked once a whole checkpoint covers it.
             async for event in batches.noack().events():
-                outputs.poll()
+                if failed:
+                    return  # the worker is stopping: this batch is read again after it
                 partition, offset = event.message.partition, event.message.offset
-                state_key = f"{stream}:{partition}"
-                entry = pipeline.windows.get((stream, partition))
-                if entry is None:
-                    entry = pipeline.aggregator(stream, partition,
-                                                 _table_get(window_state, state_key))
-                agg, applied = entry
-                if offset <= applied:
-                    # Replayed after a restart: already in the windows and outputs; the models
-                    # learn it again only if their snapshot is older than this batch.
-                    if offset > pipeline.learned_offset(stream, partition):
-                        pipeline.relearn(stream, partition, orjson.loads(event.value), offset)
-                    event.ack()
-                    continue
-                pipeline.alert_slice(
-                    state_key, lambda: _stored_alerts(window_state, alert_state, state_key))
-                with metrics.BATCH_SECONDS.labels(stream).time():
-                    outputs.begin()
-                    pipeline.score_batch(stream, orjson.loads(event.value), agg, partition)
-                entry[1] = offset
-                scored.append(event)
-                if time.monotonic() >= checkpoint_due[0]:
-                    checkpoint()
-                pipeline.maybe_snapshot(stream, partition, offset)
+                try:
+                    score(event, partition, offset)
+                except Exception as exc:
+                    fail(f"{VALIDATED[stream]} partition {partition} offset {offset}", exc)
+                    return
+
+        def score(event: faust.EventT, partition: int, offset: int) -> None:
+            """Score one batch; a replayed one only teaches the models again."""
+            outputs.poll()  # an output not delivered: stop (``fail``)
+            state_key = f"{stream}:{partition}"
+            entry = pipeline.windows.get((stream, partition))
+            if entry is None:
+                entry = pipeline.aggregator(stream, partition,
+                                             _table_get(window_state, state_key))
+            agg, applied = entry
+            if offset <= applied:
+                # Replayed after a restart: already in the windows and outputs; the models
+                # learn it again only if their snapshot is older than this batch.
+                if offset > pipeline.learned_offset(stream, partition):
+                    pipeline.relearn(stream, partition, orjson.loads(event.value), offset)
+                event.ack()
+                return
+            pipeline.alert_slice(
+                state_key, lambda: _stored_alerts(window_state, alert_state, state_key))
+            with metrics.BATCH_SECONDS.labels(stream).time():
+                outputs.begin()
+                pipeline.score_batch(stream, orjson.loads(event.value), agg, partition, offset)
+            entry[1] = offset
+            scored.append(event)
+            if time.monotonic() >= checkpoint_due[0]:
+                checkpoint()
+            pipeline.maybe_snapshot(stream, partition, offset)
 
         agent.__name__ = agent.__qualname__ = f"score_{stream.replace('-', '_')}"
         return app.agent(topic, name=agent.__name__)(agent)
@@ -833,8 +919,17 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     @app.agent(app.topic(VALIDATED[LABELS], value_serializer="raw", key_serializer="raw"),
                name="learn_labels")
     async def learn_labels(batches: faust.StreamT) -> None:
-        async for value in batches:
-            pipeline.learn_labels(orjson.loads(value))
+        async for event in batches.events():
+            if failed:
+                return
+            message = event.message
+            try:
+                pipeline.learn_labels(orjson.loads(event.value), message.partition,
+                                      message.offset)
+            except Exception as exc:
+                fail(f"{VALIDATED[LABELS]} partition {message.partition} offset "
+                     f"{message.offset}", exc)
+                return
 
     @app.on_before_shutdown.connect
     async def _final_snapshots(app: faust.App, **kwargs: Any) -> None:
@@ -889,9 +984,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
             def _exited(self, _future: asyncio.Future) -> None:
                 if not self._stop.is_set():
                     # Crash loudly: the supervisor (or the orchestrator) restarts the worker.
-                    log.critical("validation gateway exited with code %s; stopping the worker",
-                                 self._process.exitcode)
-                    os.kill(os.getpid(), signal.SIGTERM)
+                    fail(f"the validation gateway exited with code {self._process.exitcode}")
 
             async def on_stop(self) -> None:
                 self._stop.set()

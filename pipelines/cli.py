@@ -68,7 +68,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     faust_level = {"WARNING": "warn", "CRITICAL": "crit"}.get(
         settings.service.log_level.upper(), settings.service.log_level.lower())
     sys.argv = ["riskstream", "worker", "--without-web", "-l", faust_level]
-    app.main()
+    try:
+        app.main()
+    except SystemExit:
+        # A worker that stopped itself on a fault (pipelines/app.py ``fail``) exits non-zero,
+        # so a supervisor that restarts on failure restarts it; Faust exits 0 after SIGTERM.
+        if app.riskstream_failed:
+            print(f"riskstream: the worker stopped: {app.riskstream_failed[0]}",
+                  file=sys.stderr)
+            return 70  # EX_SOFTWARE
+        raise
     return 0
 
 

@@ -159,7 +159,7 @@ DEAD_LETTER_RECORD = pa.schema([
     pa.field("source_partition", pa.int32()),
     pa.field("source_offset", I64),
     pa.field("key", STR),
-    pa.field("kind", STR, nullable=False),          # invalid_json | oversize | schema | stale | future | duplicate | undeliverable
+    pa.field("kind", STR, nullable=False),          # invalid_json | oversize | schema | stale | future | duplicate | undeliverable | scoring | learning
     pa.field("reason", STR, nullable=False),
     pa.field("event_id", STR),
     pa.field("original", STR),                      # the message as received, PII redacted

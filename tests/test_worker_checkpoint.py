@@ -138,6 +138,62 @@ class MinuteAggregates:
         self._consumer.close()
 
 
+class TransactionStream:
+    """~400 transactions a second inside the minute ``start``, to three merchants, from a
+    thread, until ``stop()``; ``sent`` counts them. ``close_minute()`` then sends one event per
+    partition two minutes later: the watermark passes the minute and its windows are emitted."""
+
+    MERCHANTS = ("merchant-a", "merchant-b", "merchant-c")
+
+    def __init__(self, bootstrap: str, start: int) -> None:
+        import threading
+
+        self.start, self.sent = start, 0
+        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.sent < 30_000:
+            for _ in range(20):
+                i = self.sent
+                e = make_transaction(now_ms=self.start + i * 2, card_id=f"card-{i % 500}",
+                                     merchant_id=self.MERCHANTS[i % 3], amount=10.0)
+                self._producer.produce(TRANSACTIONS, key=e["card_id"], value=orjson.dumps(e))
+                self.sent += 1
+            self._producer.poll(0)
+            self._stop.wait(0.05)
+        self._producer.flush(30)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def close_minute(self) -> None:
+        for i in range(20):  # keys spread over every partition
+            late = make_transaction(now_ms=self.start + 3 * 60_000, card_id=f"card-late-{i}",
+                                    merchant_id="merchant-late")
+            self._producer.produce(TRANSACTIONS, key=late["card_id"], value=orjson.dumps(late))
+        self._producer.flush(30)
+
+
+def committed_offsets(bootstrap: str, partitions: int):
+    """A function that returns the worker's committed input offsets, summed over partitions,
+    and the consumer it reads them with (to close)."""
+    from confluent_kafka import TopicPartition
+
+    from pipelines.topics import VALIDATED
+
+    offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": "riskstream",
+                        "enable.auto.commit": False})
+    tps = [TopicPartition(VALIDATED[TRANSACTIONS], p) for p in range(partitions)]
+
+    def committed() -> int:
+        return sum(max(tp.offset, 0) for tp in offsets.committed(tps, timeout=5))
+    return committed, offsets
+
+
 @pytest.mark.integration
 def test_windows_bigger_than_a_message_are_back_after_a_worker_restart(tmp_path):
     """A worker checkpoints a minute of 300 merchants' windows (in parts: the limit is 1 KiB
@@ -204,6 +260,33 @@ def test_windows_bigger_than_a_message_are_back_after_a_worker_restart(tmp_path)
         assert heads[-1]["__chunked__"]["parts"] > 1
 
 
+def worker_env(bootstrap: str, tmp_path, partitions: int, **more: str) -> dict[str, str]:
+    return {"RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
+            "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake"),
+            "RISKSTREAM_KAFKA_PARTITIONS": str(partitions), **more}
+
+
+def restart_and_count(bootstrap: str, env: dict[str, str], stream: TransactionStream,
+                      log_path) -> int:
+    """Start a new worker on what the last one left, close the stream's minute, and return
+    how many of its events the minute's aggregates count (every one, when nothing was lost
+    or counted twice)."""
+    aggregates = MinuteAggregates(bootstrap, stream.start)
+    worker = Process(["worker"], env, log_path)
+    try:
+        stream.close_minute()
+        try:
+            wait_until(lambda: sum(aggregates.read().values()) >= stream.sent, timeout_s=90,
+                       what="the minute's aggregates")
+        except AssertionError:
+            pass  # the caller's assertion says what is missing
+    finally:
+        worker.stop()
+        aggregates.close()
+    return sum(aggregates.counts.values())
+
+
 @pytest.mark.integration
 def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
     """A worker is killed (SIGKILL) just after Faust committed its input offsets, in the
@@ -211,54 +294,20 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
     input from the committed offsets. The minute's aggregates count every event once: a
     worker that committed batches before a whole checkpoint covered them would leave them out
     (~1-2 s of events)."""
-    import threading
     import time
 
-    from confluent_kafka import TopicPartition
-
-    from pipelines.topics import VALIDATED
-
-    minute = 60_000
-    start = (int(time.time() * 1000) // minute - 5) * minute
-    merchants = ["merchant-a", "merchant-b", "merchant-c"]
+    start = (int(time.time() * 1000) // 60_000 - 5) * 60_000
     with EmbeddedBroker() as broker:
-        ensure_topics(broker.bootstrap, partitions=2)  # each checkpointed on its own
-        env = {"RISKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-               "RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
-               "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake"),
-               "RISKSTREAM_KAFKA_PARTITIONS": "2",
-               # checkpoints 5 s apart, commits every 2.8 s (Faust's default): a commit that
-               # did not wait for a checkpoint is seconds ahead of the last one
-               "RISKSTREAM_KAFKA_CHECKPOINT_INTERVAL_S": "5"}
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
-        sent = [0]
-        stop_sending = threading.Event()
-
-        def stream() -> None:  # ~400 events/s until the kill, inside the minute
-            while not stop_sending.is_set() and sent[0] < 30_000:
-                for _ in range(20):
-                    i = sent[0]
-                    e = make_transaction(now_ms=start + i * 2, card_id=f"card-{i % 500}",
-                                         merchant_id=merchants[i % 3], amount=10.0)
-                    producer.produce(TRANSACTIONS, key=e["card_id"], value=orjson.dumps(e))
-                    sent[0] += 1
-                producer.poll(0)
-                stop_sending.wait(0.05)
-            producer.flush(30)
-
-        offsets = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "riskstream",
-                            "enable.auto.commit": False})
-        tps = [TopicPartition(VALIDATED[TRANSACTIONS], p) for p in range(2)]
-
-        def committed() -> int:
-            return sum(max(tp.offset, 0) for tp in offsets.committed(tps, timeout=5))
-
+        ensure_topics(broker.bootstrap, partitions=2)
+        # checkpoints 5 s apart, commits every 2.8 s (Faust's default): a commit that did not
+        # wait for a checkpoint is seconds ahead of the last one
+        env = worker_env(broker.bootstrap, tmp_path, 2,
+                         RISKSTREAM_KAFKA_CHECKPOINT_INTERVAL_S="5")
+        committed, offsets = committed_offsets(broker.bootstrap, 2)
         first = Process(["worker"], env, tmp_path / "worker-1.log")
-        sender = threading.Thread(target=stream, daemon=True)
+        stream = TransactionStream(broker.bootstrap, start)
+        commits: list[int] = []
         try:
-            sender.start()
-            commits: list[int] = []
-
             def committed_twice_then_one_more() -> bool:
                 c = committed()
                 if c > 0 and (not commits or c != commits[-1]):
@@ -268,25 +317,61 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
                        what="the worker committing its input offsets three times")
         finally:
             first.kill()
-        stop_sending.set()
-        sender.join(30)
-        offsets.close()
+            stream.stop()
+            offsets.close()
+        counted = restart_and_count(broker.bootstrap, env, stream, tmp_path / "worker-2.log")
+        assert counted == stream.sent, (counted, stream.sent, commits)
 
-        aggregates = MinuteAggregates(broker.bootstrap, start)
 
-        second = Process(["worker"], env, tmp_path / "worker-2.log")
+# Imported first by every Python process of the faulty worker (``sitecustomize``): once the
+# file it names exists, a batch raises after its events are scored and in the windows, outside
+# any one event's scoring (as a bug in the alert rules' tick would).
+FAULT = """
+import os, pathlib
+import pipelines.app as app
+trigger, tick = pathlib.Path(os.environ["RISKSTREAM_TEST_FAULT"]), app.Pipeline._alert_tick
+def faulty_tick(self, stream, now):
+    if trigger.exists():
+        raise RuntimeError("injected fault after a scored batch")
+    return tick(self, stream, now)
+app.Pipeline._alert_tick = faulty_tick
+"""
+
+
+@pytest.mark.integration
+def test_a_fault_outside_one_event_stops_the_worker_and_loses_nothing(tmp_path):
+    """A batch raises after its events went into the windows: the worker stops with exit code
+    70 (a supervisor restarts it) and checkpoints nothing more; a new worker counts every
+    event of the minute once. A worker that went on (Faust restarts an agent that raised)
+    would later checkpoint offsets past the failed batch, and its replay would be skipped."""
+    import time
+
+    from processes import ROOT
+
+    start = (int(time.time() * 1000) // 60_000 - 5) * 60_000
+    (tmp_path / "fault").mkdir()
+    (tmp_path / "fault" / "sitecustomize.py").write_text(FAULT)
+    trigger = tmp_path / "fault-now"
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, partitions=2)
+        env = worker_env(broker.bootstrap, tmp_path, 2, RISKSTREAM_TEST_FAULT=str(trigger),
+                         PYTHONPATH=f"{tmp_path / 'fault'}:{ROOT}")
+        committed, offsets = committed_offsets(broker.bootstrap, 2)
+        first = Process(["worker"], env, tmp_path / "worker-1.log")
+        stream = TransactionStream(broker.bootstrap, start)
         try:
-            for i in range(20):  # the watermark of every partition passes the minute
-                late = make_transaction(now_ms=start + 3 * minute, card_id=f"card-late-{i}",
-                                        merchant_id="merchant-late")
-                producer.produce(TRANSACTIONS, key=late["card_id"], value=orjson.dumps(late))
-            producer.flush(30)
-            try:
-                wait_until(lambda: sum(aggregates.read().values()) >= sent[0], timeout_s=90,
-                           what="the minute's aggregates")
-            except AssertionError:
-                pass  # the counts below say what is missing
+            wait_until(lambda: committed() > 0, timeout_s=90,
+                       what="the worker committing its input offsets")
+            trigger.touch()
+            wait_until(lambda: first.proc.poll() is not None, timeout_s=60,
+                       what="the worker stopping after the fault")
         finally:
-            second.stop()
-            aggregates.close()
-        assert sum(aggregates.counts.values()) == sent[0], (aggregates.counts, sent[0], commits)
+            code = first.stop()
+            stream.stop()
+            offsets.close()
+        log = first.log()
+        assert code == 70, log[-3000:]
+        assert "stopping the worker" in log and "injected fault" in log
+        trigger.unlink()
+        counted = restart_and_count(broker.bootstrap, env, stream, tmp_path / "worker-2.log")
+        assert counted == stream.sent, (counted, stream.sent)

@@ -1,0 +1,76 @@
+"""What the worker does when its own code raises (pipelines/app.py): one event or label it
+cannot handle goes to dead-letter and the batch goes on; a fault outside one event stops the
+worker (tests/test_worker_checkpoint.py runs that one on a real worker)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from factories import make_transaction
+from test_agents_snapshot import CollectingOutputs
+
+from agents.aggregate import WindowAggregator
+from pipelines.app import Pipeline
+from pipelines.settings import ModelSettings, Settings
+from pipelines.topics import DEAD_LETTER, LABELS, SCORED_TRANSACTIONS, TRANSACTIONS, VALIDATED
+
+T0 = 1_767_225_600_000
+
+
+@pytest.fixture
+def pipeline(tmp_path) -> Pipeline:
+    settings = Settings()
+    settings.__dict__["model"] = ModelSettings(snapshot_dir=tmp_path / "models")
+    return Pipeline(settings, CollectingOutputs())
+
+
+def sent(pipeline: Pipeline, topic: str) -> list[dict]:
+    return [record for t, record in pipeline.outputs.sent if t == topic]
+
+
+def test_an_event_that_cannot_be_scored_goes_to_dead_letter_and_the_batch_goes_on(pipeline):
+    events = [{**make_transaction(now_ms=T0 + i, event_id=f"e{i}", card_id=f"card-{i}",
+                                  merchant_id="m-1", amount=10.0), "stream": TRANSACTIONS}
+              for i in range(5)]
+    score = pipeline.transactions.score_record
+
+    def score_but_e2(event: dict, now: int) -> dict:
+        if event["event_id"] == "e2":
+            raise ValueError("cannot score this one")
+        return score(event, now)
+
+    pipeline.transactions.score_record = score_but_e2
+    agg = WindowAggregator(TRANSACTIONS)
+    pipeline.score_batch(TRANSACTIONS, events, agg, partition=3, offset=41)
+
+    assert [r["event_id"] for r in sent(pipeline, SCORED_TRANSACTIONS)] == ["e0", "e1", "e3", "e4"]
+    [dead] = sent(pipeline, DEAD_LETTER)
+    assert dead["kind"] == "scoring" and dead["event_id"] == "e2"
+    assert "ValueError('cannot score this one')" in dead["reason"]
+    assert (dead["source_topic"], dead["source_partition"], dead["source_offset"]) == (
+        VALIDATED[TRANSACTIONS], 3, 41)
+    assert orjson.loads(dead["original"])["event_id"] == "e2"
+    # the window counts the four scored events, not the one in dead-letter
+    [groups] = orjson.loads(agg.json_state())["by_start"].values()
+    assert groups["m-1"][0] == 4
+
+
+def test_a_label_that_cannot_be_learned_goes_to_dead_letter_and_the_others_are_learned(
+        pipeline):
+    labels = [{"event_id": f"l{i}", "event_time": T0, "target_stream": TRANSACTIONS,
+               "target_event_id": f"e{i}", "label": 1, "stream": LABELS} for i in range(3)]
+    learned: list[str] = []
+
+    def learn_but_e1(event_id: str, label: int, event_time: int) -> bool:
+        if event_id == "e1":
+            raise KeyError("broken")
+        learned.append(event_id)
+        return True
+
+    pipeline.transactions.learn_label = learn_but_e1
+    pipeline.learn_labels(labels, partition=1, offset=7)
+
+    assert learned == ["e0", "e2"]
+    [dead] = sent(pipeline, DEAD_LETTER)
+    assert (dead["kind"], dead["event_id"], dead["source_topic"]) == (
+        "learning", "l1", VALIDATED[LABELS])
