@@ -417,6 +417,17 @@ class AlertEngine:
                                  option=orjson.OPT_NON_STR_KEYS)  # bucket starts are ints
                 for sl, (windows, evaluated) in wanted.items()}
 
+    def forget_slice(self, slice_: str) -> None:
+        """Drop a partition's state (what ``json_states([slice_])`` holds): it moved to another
+        worker. If it comes back, ``load_state`` restores it from its latest checkpoint."""
+        for key, slices in list(self._buckets.items()):
+            if slices.pop(slice_, None) is not None and not slices:
+                del self._buckets[key]
+                self._evaluated.pop(key, None)
+        self._max_event.pop(slice_, None)
+        self._stream_of.pop(slice_, None)
+        self.lifecycle.forget_slice(slice_)
+
     def load_state(self, state: dict, slice_: str = "") -> None:
         """Restore a partition's state (version 2, or version 1 of checkpoints written before:
         lists of ``[rule, group, start, bucket]`` and ``[rule, group, end]``)."""

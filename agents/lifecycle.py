@@ -199,6 +199,20 @@ class Lifecycle:
             if not group["members"]:
                 del self._groups[gk]
 
+    def forget_slice(self, slice_: str) -> None:
+        """Drop what ``to_state(slice_)`` holds: the input partition moved to another worker,
+        which restores it from its checkpoint (kept here, it would shadow that checkpoint if
+        the partition came back). Members of incidents kept elsewhere go too; an incident
+        left with none is dropped silently, as in ``forget_rules``: its owner resolves it."""
+        for key in [k for k, state in self._alerts.items() if state["slice"] == slice_]:
+            del self._alerts[key]
+        for gk, group in list(self._groups.items()):
+            group["members"] = [m for m in group["members"] if m in self._alerts]
+            if group["slice"] == slice_ or not group["members"]:
+                del self._groups[gk]
+        self._due.clear()
+        self._release_pending = True
+
     def to_state(self, slice_: str = "") -> dict:
         return {"alerts": {k: v for k, v in self._alerts.items() if v["slice"] == slice_},
                 "groups": {k: v for k, v in self._groups.items() if v["slice"] == slice_}}

@@ -360,8 +360,9 @@ class Pipeline:
         self._writer.wait()
 
     def release(self, stream: str, partition: int) -> None:
-        """A partition moves to another worker: snapshot its models now and forget them and its
-        windows (read from its checkpoint again if it comes back).
+        """A partition moves to another worker: snapshot its models now and forget them, its
+        windows and its alert state (read from its checkpoint again if it comes back: kept,
+        they would shadow what the other worker checkpointed meanwhile).
 
         The fraud scorers are per worker: they keep the partition's card state (harmless) and
         their next snapshot no longer claims its offset.
@@ -372,6 +373,8 @@ class Pipeline:
         self._metric_scorers.pop(partition, None)
         self.windows.pop((stream, partition), None)
         self._learned.pop(key, None)
+        self.alerts.forget_slice(key)
+        self._alert_slices.discard(key)
 
     def close(self) -> None:
         """Final snapshots, written here (after the ones being written) before the worker

@@ -223,6 +223,32 @@ def test_a_version_1_checkpoint_restores_what_version_2_does():
                for buckets in slices.values() for start in buckets)
 
 
+def test_a_partition_handed_over_leaves_the_others_and_comes_back_from_its_checkpoint():
+    """A revoked partition's alert state is forgotten (its new owner checkpoints it on); the
+    other partitions' state is untouched, and the partition's checkpoint restores it whole."""
+    e = engine()
+    for i in range(12):
+        e.observe("transactions", txn(i, t=T0 + i, status="failed", decision="decline",
+                                      card=f"c{i % 2}"), f"c{i % 2}", 0, f"transactions:{i % 2}")
+    e.observe("system-metrics", sample(0, score=0.95, t=T0), "web-1/cpu", 0, "system-metrics:0")
+    slices = ["transactions:0", "transactions:1", "system-metrics:0"]
+    before = {sl: orjson.loads(raw) for sl, raw in e.json_states(slices).items()}
+    assert before["transactions:0"]["lifecycle"]["alerts"]  # a declined alert, and counts
+    assert before["transactions:0"]["windows"]
+
+    e.forget_slice("transactions:0")
+    after = {sl: orjson.loads(raw) for sl, raw in e.json_states(slices).items()}
+    assert after["transactions:0"] == {"version": 2, "stream": None, "max_event_ms": None,
+                                       "windows": {}, "evaluated": {},
+                                       "lifecycle": {"alerts": {}, "groups": {}}}
+    assert after["transactions:1"] == before["transactions:1"]
+    assert after["system-metrics:0"] == before["system-metrics:0"]
+    assert e.lifecycle.firing() == ["declined|c1", "metric_anomaly|web-1/cpu"]
+
+    e.load_state(before["transactions:0"], "transactions:0")
+    assert {sl: orjson.loads(raw) for sl, raw in e.json_states(slices).items()} == before
+
+
 def test_new_rules_keep_the_state_of_rules_that_stay():
     e = engine()
     e.observe("system-metrics", sample(0, score=0.95), "web-1/cpu", 0)
@@ -347,6 +373,10 @@ def test_a_partitions_alert_checkpoint_is_read_before_its_first_batch_only(tmp_p
     for key in ("transactions:0", "transactions:1", "transactions:0", "transactions:0"):
         pipeline.alert_slice(key, reader(key))
     assert reads == ["transactions:0", "transactions:1"]
+    # handed over to another worker and back: read again (the other worker checkpointed it)
+    pipeline.release("transactions", 0)
+    pipeline.alert_slice("transactions:0", reader("transactions:0"))
+    assert reads == ["transactions:0", "transactions:1", "transactions:0"]
 
 
 def test_the_alert_query_runs_on_the_lake_and_returns_the_affected_rows(tmp_path):
