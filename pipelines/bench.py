@@ -7,7 +7,10 @@
 4. the full pipeline (worker: validate, dedup, features, score, learn, windows, outputs; sink:
    Parquet) working off the same backlog;
 then the latency from event time to scored output and to the lake at a fixed offered load of
-half of (4)'s rate, CPU seconds per 1,000 events and peak RSS of each process.
+half of (4)'s rate, CPU seconds per 1,000 events and peak RSS of each process; and
+5. the scoring path alone, in process (``pipelines/bench_scoring.py``): the same events through
+   the worker's ``Pipeline`` without broker or Faust, events per CPU second: the most one
+   worker can score, which (4) approaches as the rest of the worker's costs shrink.
 
 Figures are printed and written as JSON, never asserted: machines are noisy, compare the
 ratios measured in the same run. Against a real Kafka (``RISKSTREAM_KAFKA_BOOTSTRAP``) use a
@@ -329,6 +332,13 @@ def _lake_latencies(lake: Path, since_ms: int) -> list[float]:
     return out
 
 
+def scoring_path(n: int) -> dict:
+    """(5): the scoring path alone, in a process of its own (``pipelines.bench_scoring``)."""
+    out = subprocess.run([sys.executable, "-m", "pipelines.bench_scoring", str(n)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def state_memory(cards: int, series: int) -> dict:
     """Peak RSS of a process whose scorers hold ``cards`` cards and ``series`` series."""
     out = subprocess.run([sys.executable, "-m", "pipelines.bench_state", str(cards), str(series)],
@@ -348,15 +358,15 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
             bootstrap = broker.bootstrap
         ensure_topics(bootstrap, partitions=settings.kafka.partitions)
         _say(f"bench: {events:,} events on {bootstrap}; work dir {work}")
-        _say("1/4 generating and producing ...")
+        _say("1/5 generating and producing ...")
         messages = generate(events)
         produce_eps = produce(bootstrap, messages)
         del messages
-        _say("2/4 Faust count-only agent ...")
+        _say("2/5 Faust count-only agent ...")
         faust_eps = faust_count(bootstrap, events)
-        _say("3/4 ceiling: confluent-kafka batch consume ...")
+        _say("3/5 ceiling: confluent-kafka batch consume ...")
         ceiling_eps = ceiling(bootstrap, events)
-        _say("4/4 full pipeline: worker + sink ...")
+        _say("4/5 full pipeline: worker + sink ...")
         env = {**os.environ, "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
                "RISKSTREAM_LAKE_PATH": str(work / "lake"),
                "RISKSTREAM_STATE_DIR": str(work / "state"),
@@ -365,11 +375,14 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
                   "produce_eps": produce_eps, "ceiling_eps": ceiling_eps,
                   "faust_count_eps": faust_eps,
                   **pipeline(bootstrap, events, env, work, load_s, load_eps)}
+        _say("5/5 the scoring path alone, in process ...")
+        result["scoring_eps"] = scoring_path(events)["scoring_eps"]
         if state:
             _say(f"state memory: {state[0]:,} cards, {state[1]:,} metric series ...")
             result["state_memory"] = state_memory(*state)
         result["ratio_pipeline_to_faust"] = result["pipeline_eps"] / faust_eps
         result["ratio_pipeline_to_ceiling"] = result["pipeline_eps"] / ceiling_eps
+        result["ratio_pipeline_to_scoring"] = result["pipeline_eps"] / result["scoring_eps"]
         print(report(result))
         if json_out:
             Path(json_out).write_text(json.dumps(result, indent=2))
@@ -389,6 +402,8 @@ def report(r: dict) -> str:
         f"  (4) full pipeline                {r['pipeline_eps']:>12,.0f} events/s",
         (f"      (4)/(3) = {r['ratio_pipeline_to_faust']:.2f}x   "
         f"(4)/(2) = {r['ratio_pipeline_to_ceiling']:.3f}"),
+        (f"  (5) scoring path alone, in process {r['scoring_eps']:>10,.0f} events per CPU "
+         f"second   (4)/(5) = {r['ratio_pipeline_to_scoring']:.2f}"),
         f"  CPU: {r['cpu_s_per_1000_events']:.3f} s per 1,000 events (worker, its gateway, sink)",
         (f"  latency at {r['offered_load_eps']:,.0f} events/s, event time to scored output: "
         f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,} of "

@@ -48,8 +48,9 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(out.read_text())
-    for key in ("ceiling_eps", "faust_count_eps", "pipeline_eps", "produce_eps",
-                "ratio_pipeline_to_faust", "ratio_pipeline_to_ceiling"):
+    for key in ("ceiling_eps", "faust_count_eps", "pipeline_eps", "produce_eps", "scoring_eps",
+                "ratio_pipeline_to_faust", "ratio_pipeline_to_ceiling",
+                "ratio_pipeline_to_scoring"):
         assert r[key] > 0, key
     assert r["cpu_s_per_1000_events"] >= 0  # a 4,000-event backlog may pass between two reads
     assert r["events"] == 4000 and r["bootstrap"] == "embedded"
@@ -68,8 +69,22 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     assert set(r["rss_mb"]) == {"worker", "gateway", "sink"}
     assert all(mb > 0 for mb in r["rss_mb"].values())
     assert "(4)/(3)" in run.stdout and "latency at 400 events/s" in run.stdout
+    assert "(4)/(5)" in run.stdout
     # The Faust count-only agent keeps its data directory out of the cwd.
     assert not list(tmp_path.glob("bench-count-*"))
+
+
+def test_the_scoring_bench_scores_every_valid_event_of_the_benchs_messages() -> None:
+    from pipelines.bench import generate
+    from pipelines.bench_scoring import main
+    from pipelines.topics import LABELS
+
+    r = main(3_000)
+    # every scored-stream message but the ~1 % malformed ones, duplicates included (the
+    # gateway's dedup is not part of the scoring path)
+    scored_inputs = sum(1 for topic, *_ in generate(3_000) if topic != LABELS)
+    assert 0.95 * scored_inputs <= r["events"] <= scored_inputs
+    assert r["outputs"] >= r["events"] and r["scoring_eps"] > 0
 
 
 def test_the_state_bench_reports_memory_and_the_snapshot_pause() -> None:
