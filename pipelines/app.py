@@ -431,7 +431,8 @@ class Pipeline:
         """
         now = _now_ms()
         send, alert, add = self.outputs.send, self._alert, agg.add
-        observe = metrics.SCORES.labels(stream).observe
+        scores: list[float] = []
+        observe = scores.append  # into the score histogram at the end (``observe_many``)
         decisions: Counter[str] = Counter()
         late = 0
         if stream in (TRANSACTIONS, APPLICATIONS):
@@ -476,6 +477,7 @@ class Pipeline:
                 self._silences(partition, clock, now)
         for decision, n in decisions.items():
             metrics.DECISIONS.labels(stream, decision).inc(n)
+        metrics.observe_many(metrics.SCORES.labels(stream), scores)
         if late:
             metrics.LATE.labels(stream).inc(late)
         metrics.SCORED.labels(stream).inc(len(events))

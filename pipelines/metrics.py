@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +42,24 @@ def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 SCORES = Histogram("riskstream_score", "Scores of scored events", ["stream"],
                    buckets=SCORE_BUCKETS)
+
+
+def observe_many(histogram: Any, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values`` (a labelled child), with one increment
+    per bucket touched and one of the sum, instead of two locked increments and a scan of the
+    bounds per value: per scored event that was ~4 % of the worker under py-spy. Uses the
+    child's ``_upper_bounds``, ``_buckets`` and ``_sum`` (prometheus_client's own layout, what
+    ``observe`` updates); a NaN lands in no bucket, as with ``observe``."""
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    last = len(bounds)
+    for i, n in Tally(bisect_left(bounds, v) for v in values if v == v).items():
+        if i < last:
+            histogram._buckets[i].inc(n)
+    histogram._sum.inc(sum(values))
+
+
 DECISIONS = Counter("riskstream_decisions_total", "Decisions of scored events",
                     ["stream", "decision"])
 
