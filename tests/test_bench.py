@@ -66,6 +66,12 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     assert stages["gateway_produced"]["n"] >= r["latency_ms"]["n"]
     for q in ("p50", "p99"):
         assert stages["gateway_produced"][q] <= stages["worker_produced"][q] <= r["latency_ms"][q]
+    # the same load again on a fresh embedded broker, with a new worker: measured too
+    fresh = r["fresh_broker"]
+    assert 0 < fresh["latency_ms"]["n"] <= r["load_offered"]
+    assert fresh["latency_stages_ms"]["worker_produced"]["n"] == fresh["latency_ms"]["n"]
+    assert fresh["latency_to_lake_ms"]["n"] > 0
+    assert "on a fresh embedded broker" in run.stdout
     assert set(r["rss_mb"]) == {"worker", "gateway", "sink"}
     assert all(mb > 0 for mb in r["rss_mb"].values())
     assert "(4)/(3)" in run.stdout and "latency at 400 events/s" in run.stdout
