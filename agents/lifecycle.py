@@ -202,14 +202,18 @@ class Lifecycle:
     def forget_slice(self, slice_: str) -> None:
         """Drop what ``to_state(slice_)`` holds: the input partition moved to another worker,
         which restores it from its checkpoint (kept here, it would shadow that checkpoint if
-        the partition came back). Members of incidents kept elsewhere go too; an incident
-        left with none is dropped silently, as in ``forget_rules``: its owner resolves it."""
+        the partition came back). An incident with members from other partitions stays, kept
+        under one of theirs, so that it resolves when they do (the other worker may resolve
+        it too: its notifications' ids are the same); one left with none goes silently, as
+        in ``forget_rules``: its owner resolves it."""
         for key in [k for k, state in self._alerts.items() if state["slice"] == slice_]:
             del self._alerts[key]
         for gk, group in list(self._groups.items()):
             group["members"] = [m for m in group["members"] if m in self._alerts]
-            if group["slice"] == slice_ or not group["members"]:
+            if not group["members"]:
                 del self._groups[gk]
+            elif group["slice"] == slice_:
+                group["slice"] = self._alerts[group["members"][0]]["slice"]
         self._due.clear()
         self._release_pending = True
 

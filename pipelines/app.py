@@ -116,6 +116,12 @@ class _Batch:
             if outputs.on_error is not None:
                 outputs.on_loop(lambda: outputs.on_error(error))
             return  # its waiters never run: the worker stops
+        self.settle()
+
+    def settle(self) -> None:
+        """One output of this batch is done with: delivered, or never sent (``Outputs.send``
+        raised); the waiters whose batches are all done run."""
+        outputs = self.outputs
         ready: list[Callable[[], Any]] = []
         with outputs.lock:
             self.pending -= 1
@@ -192,6 +198,9 @@ class Outputs:
                 return
             except BufferError:  # local queue full: let the broker catch up, never drop
                 time.sleep(0.01)
+            except Exception:  # not sent (too large, say): no report will come for it
+                batch.settle()
+                raise
 
     def when_delivered(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the loop once every output sent so far is acknowledged (at once if
@@ -260,6 +269,8 @@ class Pipeline:
         # (stream, partition) -> (aggregator, last applied input offset)
         self.windows: dict[tuple[str, int], list] = {}
         self._silence_checked: dict[int, int] = {}  # partition -> event clock of the last check
+        self._unscored_batches: Counter[str] = Counter()  # stream -> batches failed whole in a row
+        self._logged = [0, 0]  # minute, dead-letter errors logged in it (``_dead_letter``)
 
     def metric_scorer(self, partition: int) -> MetricScorer:
         """The partition's metric detector, restored from its latest snapshot if any."""
@@ -360,9 +371,10 @@ class Pipeline:
         self._writer.wait()
 
     def release(self, stream: str, partition: int) -> None:
-        """A partition moves to another worker: snapshot its models now and forget them, its
-        windows and its alert state (read from its checkpoint again if it comes back: kept,
-        they would shadow what the other worker checkpointed meanwhile).
+        """A partition is revoked (at every rebalance, every partition is): snapshot its
+        models now and forget them and its windows (read from its checkpoint again at its next
+        batch). Its alert state is kept until the new assignment says where it went
+        (``keep_alert_slices``).
 
         The fraud scorers are per worker: they keep the partition's card state (harmless) and
         their next snapshot no longer claims its offset.
@@ -373,8 +385,17 @@ class Pipeline:
         self._metric_scorers.pop(partition, None)
         self.windows.pop((stream, partition), None)
         self._learned.pop(key, None)
-        self.alerts.forget_slice(key)
-        self._alert_slices.discard(key)
+
+    def keep_alert_slices(self, held: set[str]) -> None:
+        """The new assignment: forget the alert state of the partitions not in ``held``
+        ("stream:partition"), which went to another worker. Kept, it would shadow the
+        checkpoint that worker writes, if the partition came back (a partition's checkpoint
+        is read before its first batch only). The partitions kept keep their state: it spans
+        partitions (a rate window's group, an incident, an inhibition), and reloading each at
+        its next batch would evaluate windows with some of their counts missing."""
+        for key in self._alert_slices - held:
+            self.alerts.forget_slice(key)
+            self._alert_slices.discard(key)
 
     def close(self) -> None:
         """Final snapshots, written here (after the ones being written) before the worker
@@ -434,7 +455,7 @@ class Pipeline:
         scores: list[float] = []
         observe = scores.append  # into the score histogram at the end (``observe_many``)
         decisions: Counter[str] = Counter()
-        late = 0
+        late = not_scored = 0
         if stream in (TRANSACTIONS, APPLICATIONS):
             scorer, topic, entity, group, value = (
                 (self.transactions, SCORED_TRANSACTIONS, "card_id", "merchant_id", "amount")
@@ -451,6 +472,7 @@ class Pipeline:
                     alert(stream, record, event[entity], now)
                 except Exception as exc:  # one event the code cannot score: not the batch
                     self._dead_letter(stream, event, "scoring", exc, partition, offset)
+                    not_scored += 1
                     continue
                 decisions[record["decision"]] += 1
                 observe(record["score"])
@@ -467,6 +489,7 @@ class Pipeline:
                     alert(stream, record, series, now)
                 except Exception as exc:
                     self._dead_letter(stream, event, "scoring", exc, partition, offset)
+                    not_scored += 1
                     continue
                 observe(record["score"])
             # Silence is checked in event time, at most once per SILENCE_CHECK_MS of it: the
@@ -485,6 +508,14 @@ class Pipeline:
             send(AGGREGATES, window["group_key"], window)
             metrics.AGGREGATES.labels(stream).inc()
         self._alert_tick(stream, now)
+        if not_scored < len(events) or not events:
+            self._unscored_batches[stream] = 0
+            return
+        self._unscored_batches[stream] += 1
+        if self._unscored_batches[stream] >= UNSCORED_BATCHES_TO_STOP:
+            raise RuntimeError(
+                f"no event of the last {UNSCORED_BATCHES_TO_STOP} {stream} batches could be "
+                "scored: the code or its models, not the events (they are in dead-letter)")
 
     def _dead_letter(self, stream: str, event: dict, kind: str, exc: Exception,
                      partition: int, offset: int) -> None:
@@ -492,17 +523,31 @@ class Pipeline:
         validation let pass): kind ``scoring`` or ``learning``, the error as the reason, the
         event as the original (no raw PII: it passed the gateway, and is redacted again).
         Outputs it produced before the error may have been sent; its windows and features may
-        hold part of it. Counted, and logged with the traceback, without the event."""
+        hold part of it. Counted, and logged with the traceback, without the event, at most
+        ``DEAD_LETTER_LOGS_PER_MINUTE`` a minute (a bad release would fail every event).
+
+        A stream whose batches fail whole, ``UNSCORED_BATCHES_TO_STOP`` in a row, stops the
+        worker (``score_batch`` raises): that is the code, and dead-lettering the whole stream
+        would hide it."""
         topic = VALIDATED[stream]
-        log.error("%s partition %d offset %d: %s of event %s failed; sent to dead-letter",
-                  topic, partition, offset, kind, event.get("event_id"), exc_info=exc)
+        minute = int(time.monotonic() // 60)
+        if self._logged[0] != minute:
+            self._logged[:] = [minute, 0]
+        self._logged[1] += 1
+        if self._logged[1] <= DEAD_LETTER_LOGS_PER_MINUTE:
+            log.error("%s partition %d offset %d: %s of event %s failed; sent to dead-letter",
+                      topic, partition, offset, kind, event.get("event_id"), exc_info=exc)
+        elif self._logged[1] == DEAD_LETTER_LOGS_PER_MINUTE + 1:
+            log.error("more events failed this minute, sent to dead-letter and counted "
+                      "(riskstream_rejected_total{kind=\"%s\"}), not logged", kind)
         self.outputs.send(DEAD_LETTER, topic, {
             "source_topic": topic, "source_partition": partition, "source_offset": offset,
-            "key": None, "kind": kind, "reason": f"{kind} failed: {exc!r}"[:500],
+            "key": None, "kind": kind,
+            "reason": redact_raw(stream, f"{kind} failed: {exc!r}"[:500].encode()),
             "event_id": event.get("event_id"),
             "original": redact_raw(stream, orjson.dumps(event, default=str)),
             "received_at": _now_ms()})
-        metrics.REJECTED.labels(topic, kind).inc()
+        metrics.REJECTED.labels(stream, kind).inc()  # by stream, as the gateway counts
 
     def _silences(self, partition: int, event_clock_ms: int, now: int) -> None:
         """Series of this partition that stopped reporting, in event time: anomalies."""
@@ -657,6 +702,8 @@ def _table_put(table: faust.Table, partition: int, key: str, value: Any,
 
 # validated topic -> the stream a scoring agent reads from it
 SCORED_STREAMS = {VALIDATED[s]: s for s in (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS)}
+UNSCORED_BATCHES_TO_STOP = 3  # batches of a stream failed whole in a row (``_dead_letter``)
+DEAD_LETTER_LOGS_PER_MINUTE = 10
 SNAPSHOT_WRITER = "models"  # the one key of the worker's ForkedWriter: one writer at a time
 CHUNKED = "__chunked__"  # the head of a value written in parts (``_table_put``)
 SEAL_KEY = "__seal__"  # a marker after a checkpoint (``build_app``), never read
@@ -850,6 +897,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         every batch to be acked (revocation, shutdown: ``_fetch_wait_consumer``), and when a
         partition is handed over. A fault stops the worker (``fail``), not the caller: Faust
         stops even if the batches are never acked."""
+        if failed:
+            return  # nothing more is acked (``fail``): no checkpoint to wait for
         try:
             checkpoint(block=True)
         except Exception as exc:
@@ -924,7 +973,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     @app.agent(app.topic(VALIDATED[LABELS], value_serializer="raw", key_serializer="raw"),
                name="learn_labels")
     async def learn_labels(batches: faust.StreamT) -> None:
-        async for event in batches.events():
+        # Acked once learned: a batch in hand at a fault is read again after the restart.
+        async for event in batches.noack().events():
             if failed:
                 return
             message = event.message
@@ -935,12 +985,15 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 fail(f"{VALIDATED[LABELS]} partition {message.partition} offset "
                      f"{message.offset}", exc)
                 return
+            event.ack()
 
     @app.on_before_shutdown.connect
     async def _final_snapshots(app: faust.App, **kwargs: Any) -> None:
         # Best effort, each on its own: a failure is logged and the worker still stops (the
         # next start replays from the last checkpoint and snapshot).
-        for step in (drain, pipeline.close):
+        # After a fault, no final model snapshots: they would claim batches that no
+        # checkpoint covers, and the restart scores those again.
+        for step in (drain,) if failed else (drain, pipeline.close):
             try:
                 if asyncio.iscoroutine(done := step()):
                     await done
@@ -955,6 +1008,12 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
         for tp in revoked:
             if stream := SCORED_STREAMS.get(tp.topic):
                 pipeline.release(stream, tp.partition)
+
+    @app.on_partitions_assigned.connect
+    async def _take_over(app: faust.App, assigned: set, **kwargs: Any) -> None:
+        # The whole new assignment (Faust's, after every revocation).
+        pipeline.keep_alert_slices({f"{SCORED_STREAMS[tp.topic]}:{tp.partition}"
+                                    for tp in assigned if tp.topic in SCORED_STREAMS})
 
     if run_gateway:
         @app.service

@@ -249,6 +249,28 @@ def test_a_partition_handed_over_leaves_the_others_and_comes_back_from_its_check
     assert {sl: orjson.loads(raw) for sl, raw in e.json_states(slices).items()} == before
 
 
+def test_an_incident_of_several_partitions_stays_with_the_ones_kept_and_resolves():
+    """One incident for every declined payment (``group_by: [rule]``), opened by partition 0
+    and joined by partition 1; partition 0 goes to another worker: the incident stays, kept
+    under partition 1, and resolves when partition 1's alert does (not orphaned: no second
+    incident opens, and the resolution is sent)."""
+    e = AlertEngine(parse_rules(
+        "defaults: {resolve_after: 5m, cooldown: 10m}\nrules:\n"
+        "  - {name: declined, kind: threshold, stream: transactions, field: decision, op: '==',"
+        " value: decline, group_by: [rule]}\n"), grace_ms=0)
+    [opened] = e.observe("transactions", txn(0, t=T0, decision="decline", card="c0"), "c0", 0,
+                         "transactions:0")
+    assert e.observe("transactions", txn(1, t=T0 + 1, decision="decline", card="c1"), "c1", 0,
+                     "transactions:1") == []
+    e.forget_slice("transactions:0")
+    assert e.lifecycle.to_state("transactions:1")["groups"]  # the incident, kept under 1
+    assert e.observe("transactions", txn(2, t=T0 + 2, decision="decline", card="c2"), "c2", 0,
+                     "transactions:1") == []  # joins it: no second incident
+    e.observe("transactions", txn(3, t=T0 + 10 * MIN, card="c9"), "c9", 0, "transactions:1")
+    [resolved] = e.tick("transactions", 0)
+    assert (resolved["status"], resolved["incident_id"]) == ("resolved", opened["incident_id"])
+
+
 def test_new_rules_keep_the_state_of_rules_that_stay():
     e = engine()
     e.observe("system-metrics", sample(0, score=0.95), "web-1/cpu", 0)
@@ -373,9 +395,14 @@ def test_a_partitions_alert_checkpoint_is_read_before_its_first_batch_only(tmp_p
     for key in ("transactions:0", "transactions:1", "transactions:0", "transactions:0"):
         pipeline.alert_slice(key, reader(key))
     assert reads == ["transactions:0", "transactions:1"]
-    # handed over to another worker and back: read again (the other worker checkpointed it)
-    pipeline.release("transactions", 0)
-    pipeline.alert_slice("transactions:0", reader("transactions:0"))
+    # a rebalance revokes every partition; the new assignment keeps transactions:1 only
+    for partition in (0, 1):
+        pipeline.release("transactions", partition)
+    pipeline.keep_alert_slices({"transactions:1"})
+    for key in ("transactions:1", "transactions:0"):
+        pipeline.alert_slice(key, reader(key))
+    # kept: not read again; handed to another worker and back: read again (that worker
+    # checkpointed it meanwhile)
     assert reads == ["transactions:0", "transactions:1", "transactions:0"]
 
 

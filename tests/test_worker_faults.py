@@ -55,6 +55,34 @@ def test_an_event_that_cannot_be_scored_goes_to_dead_letter_and_the_batch_goes_o
     assert groups["m-1"][0] == 4
 
 
+def test_a_stream_whose_batches_fail_whole_stops_the_worker_and_one_poison_event_does_not(
+        pipeline):
+    """Three batches of a stream in a row with no event scored: the code, not the events, so
+    ``score_batch`` raises (the agent stops the worker). A batch with one event scored starts
+    the count again, and so does another stream's."""
+    from pipelines.app import UNSCORED_BATCHES_TO_STOP
+
+    def batch(i: int) -> list[dict]:
+        return [{**make_transaction(now_ms=T0 + i, event_id=f"e{i}"), "stream": TRANSACTIONS}]
+
+    def fail_all(event: dict, now: int) -> dict:
+        raise ValueError("a bad release")
+
+    score = pipeline.transactions.score_record
+    agg = WindowAggregator(TRANSACTIONS)
+    pipeline.transactions.score_record = fail_all
+    for i in range(UNSCORED_BATCHES_TO_STOP - 1):
+        pipeline.score_batch(TRANSACTIONS, batch(i), agg)
+    pipeline.transactions.score_record = score
+    pipeline.score_batch(TRANSACTIONS, batch(10), agg)  # scored: the count starts again
+    pipeline.transactions.score_record = fail_all
+    for i in range(UNSCORED_BATCHES_TO_STOP - 1):
+        pipeline.score_batch(TRANSACTIONS, batch(20 + i), agg)
+    with pytest.raises(RuntimeError, match="no event of the last 3 transactions batches"):
+        pipeline.score_batch(TRANSACTIONS, batch(30), agg)
+    assert len(sent(pipeline, DEAD_LETTER)) == 2 * (UNSCORED_BATCHES_TO_STOP - 1) + 1
+
+
 def test_a_label_that_cannot_be_learned_goes_to_dead_letter_and_the_others_are_learned(
         pipeline):
     labels = [{"event_id": f"l{i}", "event_time": T0, "target_stream": TRANSACTIONS,

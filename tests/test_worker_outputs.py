@@ -54,3 +54,17 @@ def test_when_delivered_runs_once_every_earlier_output_is_in_the_broker(bootstra
     asyncio.run(scenario())
     assert events == ["checkpoint"]
     assert _in_broker(bootstrap, 300) == 300
+
+
+def test_an_output_the_producer_refuses_does_not_hold_back_the_checkpoints(bootstrap):
+    """A record over the producer's size limit raises at once (the worker dead-letters its
+    event); it must not count as in flight, or no checkpoint would be written again."""
+    from confluent_kafka import KafkaException
+
+    outputs = Outputs(bootstrap)
+    outputs.begin()
+    with pytest.raises(KafkaException):
+        outputs.send(SCORED_TRANSACTIONS, "card-1", {"blob": "x" * 2_000_000})
+    ran: list[str] = []
+    outputs.when_delivered(lambda: ran.append("checkpoint"))  # no loop: runs here, or never
+    assert ran == ["checkpoint"] and not outputs.inflight
