@@ -40,7 +40,7 @@ from pipelines.kafka import consumer_config, producer_config, readable
 from pipelines.settings import Settings
 from pipelines.topics import DEAD_LETTER, INPUT_TOPICS, VALIDATED
 from schemas.pii import redact_raw
-from schemas.validation import Rejection, Validator
+from schemas.validation import Rejection, Validator, dead_letter_record
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +175,12 @@ class Gateway:
             self._delivery_error = err
 
     def _dead_letter(self, msg, rejection: Rejection, now_ms: int) -> None:
-        record = {
-            "source_topic": msg.topic(), "source_partition": msg.partition(),
-            "source_offset": msg.offset(),
-            "key": msg.key().decode("utf-8", "replace") if msg.key() else None,
-            "kind": rejection.kind, "reason": rejection.reason, "event_id": rejection.event_id,
-            "original": redact_raw(msg.topic(), msg.value() or b""), "received_at": now_ms,
-        }
+        record = dead_letter_record(
+            source_topic=msg.topic(), source_partition=msg.partition(),
+            source_offset=msg.offset(),
+            key=msg.key().decode("utf-8", "replace") if msg.key() else None,
+            kind=rejection.kind, reason=rejection.reason, event_id=rejection.event_id,
+            original=redact_raw(msg.topic(), msg.value() or b""), received_at=now_ms)
         self._producer.produce(DEAD_LETTER, key=msg.topic().encode(), value=orjson.dumps(record),
                                on_delivery=self._delivered)
         metrics.REJECTED.labels(msg.topic(), rejection.kind).inc()

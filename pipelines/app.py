@@ -91,6 +91,7 @@ from pipelines.topics import (
 )
 from schemas.outputs import METRIC_SAMPLE
 from schemas.pii import redact_raw
+from schemas.validation import dead_letter_record
 
 log = logging.getLogger(__name__)
 
@@ -508,14 +509,14 @@ class Pipeline:
             send(AGGREGATES, window["group_key"], window)
             metrics.AGGREGATES.labels(stream).inc()
         self._alert_tick(stream, now)
-        if not_scored < len(events) or not events:
+        if not events or not_scored < len(events):
             self._unscored_batches[stream] = 0
-            return
-        self._unscored_batches[stream] += 1
-        if self._unscored_batches[stream] >= UNSCORED_BATCHES_TO_STOP:
+        elif (n := self._unscored_batches[stream] + 1) < UNSCORED_BATCHES_TO_STOP:
+            self._unscored_batches[stream] = n
+        else:
             raise RuntimeError(
-                f"no event of the last {UNSCORED_BATCHES_TO_STOP} {stream} batches could be "
-                "scored: the code or its models, not the events (they are in dead-letter)")
+                f"no event of the last {n} {stream} batches could be scored: the code or its "
+                "models, not the events (they are in dead-letter)")
 
     def _dead_letter(self, stream: str, event: dict, kind: str, exc: Exception,
                      partition: int, offset: int) -> None:
@@ -540,13 +541,12 @@ class Pipeline:
         elif self._logged[1] == DEAD_LETTER_LOGS_PER_MINUTE + 1:
             log.error("more events failed this minute, sent to dead-letter and counted "
                       "(riskstream_rejected_total{kind=\"%s\"}), not logged", kind)
-        self.outputs.send(DEAD_LETTER, topic, {
-            "source_topic": topic, "source_partition": partition, "source_offset": offset,
-            "key": None, "kind": kind,
-            "reason": redact_raw(stream, f"{kind} failed: {exc!r}"[:500].encode()),
-            "event_id": event.get("event_id"),
-            "original": redact_raw(stream, orjson.dumps(event, default=str)),
-            "received_at": _now_ms()})
+        self.outputs.send(DEAD_LETTER, topic, dead_letter_record(
+            source_topic=topic, source_partition=partition, source_offset=offset, key=None,
+            kind=kind, reason=redact_raw(stream, f"{kind} failed: {exc!r}"[:500].encode()),
+            event_id=event.get("event_id"),
+            original=redact_raw(stream, orjson.dumps(event, default=str)),
+            received_at=_now_ms()))
         metrics.REJECTED.labels(stream, kind).inc()  # by stream, as the gateway counts
 
     def _silences(self, partition: int, event_clock_ms: int, now: int) -> None:
@@ -655,9 +655,7 @@ def _fetch_wait_consumer(fetch_wait_ms: int, fetch_min_bytes: int) -> type:
 
         async def wait_empty(self) -> None:
             drain = getattr(self.app, "riskstream_drain", None)
-            if drain is not None:
-                await drain()
-            if getattr(self.app, "riskstream_failed", None):
+            if drain is not None and not await drain():
                 return  # stopping on a fault: its batches stay unacked on purpose (``fail``)
             await super().wait_empty()
 
@@ -892,19 +890,19 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
             for event in batches:
                 event.ack()
 
-    async def drain() -> None:
+    async def drain() -> bool:
         """Checkpoint everything scored, seal it and ack its batches: before Faust waits for
         every batch to be acked (revocation, shutdown: ``_fetch_wait_consumer``), and when a
-        partition is handed over. A fault stops the worker (``fail``), not the caller: Faust
-        stops even if the batches are never acked."""
-        if failed:
-            return  # nothing more is acked (``fail``): no checkpoint to wait for
-        try:
-            checkpoint(block=True)
-        except Exception as exc:
-            fail("the checkpoint before a hand-over or a stop failed", exc)
-        while sealing:
-            await asyncio.gather(*sealing, return_exceptions=True)
+        partition is handed over. False after a fault (``fail``, which stops the worker, not
+        the caller): nothing more is acked, and nothing should wait for it."""
+        if not failed:
+            try:
+                checkpoint(block=True)
+            except Exception as exc:
+                fail("the checkpoint before a hand-over or a stop failed", exc)
+            while sealing:
+                await asyncio.gather(*sealing, return_exceptions=True)
+        return not failed
 
     app.riskstream_drain = drain
 
@@ -934,7 +932,6 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
 
         def score(event: faust.EventT, partition: int, offset: int) -> None:
             """Score one batch; a replayed one only teaches the models again."""
-            outputs.poll()  # an output not delivered: stop (``fail``)
             state_key = f"{stream}:{partition}"
             entry = pipeline.windows.get((stream, partition))
             if entry is None:

@@ -65,6 +65,17 @@ class Rejection:
     event_id: str | None
 
 
+def dead_letter_record(*, source_topic: str, source_partition: int | None,
+                       source_offset: int | None, key: str | None, kind: str, reason: str,
+                       event_id: str | None, original: str, received_at: int) -> dict:
+    """A ``dead-letter`` record (``schemas.outputs.DEAD_LETTER_RECORD``), as the gateway, the
+    worker and the alert dispatcher write it; ``original`` already redacted, ``received_at``
+    in ms. Here, not beside the Arrow schema: the gateway does not import pyarrow."""
+    return {"source_topic": source_topic, "source_partition": source_partition,
+            "source_offset": source_offset, "key": key, "kind": kind, "reason": reason,
+            "event_id": event_id, "original": original, "received_at": received_at}
+
+
 class Validator:
     """Validate raw messages of the input streams against their contract.
 

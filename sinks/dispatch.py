@@ -35,6 +35,7 @@ from pipelines import metrics
 from pipelines.kafka import consumer_config, producer_config, readable
 from pipelines.settings import Settings
 from pipelines.topics import ALERT_DELIVERIES, ALERTS, DEAD_LETTER
+from schemas.validation import dead_letter_record
 from sinks.channels.webhook import DeliveryError, WebhookChannel
 from sinks.silences import SilenceStore, alert_labels
 
@@ -183,10 +184,11 @@ class Dispatcher:
     def _undeliverable(self, alert: dict, channel: str, attempt: int, reason: str) -> None:
         log.error("alert %s undeliverable on %s: %s", alert["alert_id"], channel, reason)
         metrics.DELIVERIES.labels(channel, "undeliverable").inc()
-        record = {"source_topic": ALERTS, "source_partition": None, "source_offset": None,
-                  "key": alert["alert_id"], "kind": "undeliverable",
-                  "reason": f"{channel}: {reason}", "event_id": alert.get("event_id"),
-                  "original": orjson.dumps(alert).decode(), "received_at": self._now_ms()}
+        record = dead_letter_record(
+            source_topic=ALERTS, source_partition=None, source_offset=None,
+            key=alert["alert_id"], kind="undeliverable", reason=f"{channel}: {reason}",
+            event_id=alert.get("event_id"), original=orjson.dumps(alert).decode(),
+            received_at=self._now_ms())
         self._producer.produce(DEAD_LETTER, key=ALERTS.encode(), value=orjson.dumps(record),
                                on_delivery=self._acked)
         self._record(alert, channel, "undeliverable", attempt + 1, error=reason[:500])

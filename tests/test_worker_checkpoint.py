@@ -324,14 +324,16 @@ def test_a_killed_worker_leaves_no_batch_out_of_its_windows(tmp_path):
 
 
 # Imported first by every Python process of the faulty worker (``sitecustomize``): once the
-# file it names exists, a batch raises after its events are scored and in the windows, outside
-# any one event's scoring (as a bug in the alert rules' tick would).
+# file it names exists, one batch raises after its events are scored and in the windows,
+# outside any one event's scoring (as a bug in the alert rules' tick would), and the file goes:
+# the batches after it score, so a worker that went on would checkpoint past the failed one.
 FAULT = """
 import os, pathlib
 import pipelines.app as app
 trigger, tick = pathlib.Path(os.environ["RISKSTREAM_TEST_FAULT"]), app.Pipeline._alert_tick
 def faulty_tick(self, stream, now):
     if trigger.exists():
+        trigger.unlink()
         raise RuntimeError("injected fault after a scored batch")
     return tick(self, stream, now)
 app.Pipeline._alert_tick = faulty_tick
@@ -372,6 +374,6 @@ def test_a_fault_outside_one_event_stops_the_worker_and_loses_nothing(tmp_path):
         log = first.log()
         assert code == 70, log[-3000:]
         assert "stopping the worker" in log and "injected fault" in log
-        trigger.unlink()
+        assert not trigger.exists()  # the fault fired once
         counted = restart_and_count(broker.bootstrap, env, stream, tmp_path / "worker-2.log")
         assert counted == stream.sent, (counted, stream.sent)
