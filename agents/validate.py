@@ -35,7 +35,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipelines import metrics
+from pipelines import metrics, placement
 from pipelines.kafka import consumer_config, producer_config, readable
 from pipelines.settings import Settings
 from pipelines.topics import DEAD_LETTER, INPUT_TOPICS, VALIDATED
@@ -289,6 +289,7 @@ def run_child(bootstrap: str, stop: threading.Event, conn, worker_pid: int,
     to the worker through ``conn`` every ``RELAY_S`` (``pipelines.metrics.Relay``), so one
     /metrics per worker still shows them; settings come from the same environment.
     """
+    placement.pin_helper()  # not on the worker's own core
     logging.basicConfig(level=log_level.upper(),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] [gateway] %(message)s")
     # The worker stops it (``stop``); Ctrl-C reaches the whole process group, and the worker

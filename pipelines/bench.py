@@ -34,6 +34,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer
 
+from pipelines import placement
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.kafka import producer_config
 from pipelines.settings import Settings
@@ -137,9 +138,11 @@ def ceiling(bootstrap: str, n: int) -> float:
     return got / elapsed if elapsed > 0 else float("nan")
 
 
-def faust_count(bootstrap: str, n: int, timeout_s: float = 300) -> float:
+def faust_count(bootstrap: str, n: int, pin: dict[str, str], timeout_s: float = 300) -> float:
     # Faust's worker redirects print() into its logger, which writes to stderr: read both.
+    # Placed as the pipeline's worker is (``pin``): the two rates are compared.
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.bench_faust", bootstrap, str(n)],
+                            env={**os.environ, **pin},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     result: dict = {}
@@ -171,9 +174,10 @@ def stage(command: str, env: dict[str, str], log_dir: Path) -> Child:
     return child
 
 
-def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
-             load_s: float, load_eps: float | None = None) -> dict:
-    worker = stage("worker", env, log_dir)
+def pipeline(bootstrap: str, n: int, env: dict[str, str], pin: dict[str, str], log_dir: Path,
+             load_s: float, load_eps: float | None = None, broker_pid: int | None = None
+             ) -> dict:
+    worker = stage("worker", {**env, **pin}, log_dir)
     sink = stage("sink", env, log_dir)
     try:
         # (4) the backlog: from the first event the gateway reads to the last one scored.
@@ -185,9 +189,10 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
             read = total(w, "riskstream_events_in_total")
             if read and first is None:
                 first = time.perf_counter()
-                pids = [worker.process.pid, sink.process.pid,
-                        *children(worker.process.pid, GATEWAY)]
-                cpu0 = {pid: _proc_cpu_s(pid) for pid in pids}
+                pids = {"worker": [worker.process.pid], "sink": [sink.process.pid],
+                        "gateway": children(worker.process.pid, GATEWAY),
+                        "broker": [broker_pid] if broker_pid else []}
+                cpu0 = {name: sum(map(_proc_cpu_s, ps)) for name, ps in pids.items()}
             handled = (total(w, "riskstream_scored_total") + total(w, "riskstream_rejected_total")
                        + total(w, "riskstream_validated_total", stream="labels"))
             if first and read >= n and handled >= n:
@@ -204,8 +209,10 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
         if done - first < 2.0:
             _say(f"  warning: the backlog took {done - first:.2f} s, too short to time: "
                  "pass more --events")
-        cpu = {pid: _proc_cpu_s(pid) - c for pid, c in cpu0.items()}
-        cpu_per_1000 = sum(cpu.values()) / n * 1000
+        # per 1,000 events, by process; the total is the pipeline's own (the broker apart)
+        cpu = {name: (sum(map(_proc_cpu_s, pids[name])) - c) / n * 1000
+               for name, c in cpu0.items() if pids[name]}
+        cpu_per_1000 = cpu["worker"] + cpu["gateway"] + cpu["sink"]
 
         # Latency at half load (or the load asked for), events timestamped when produced.
         rate = load_eps or eps / 2
@@ -217,6 +224,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
                               for c in children(worker.process.pid, GATEWAY)),
                "sink": _proc_peak_rss_mb(sink.process.pid)}
         return {"pipeline_eps": eps, "cpu_s_per_1000_events": cpu_per_1000,
+                "cpu_s_per_1000_by_process": cpu,
                 **_latency_figures(lat),
                 "load_send_lag_ms": _percentiles(lat["send_lag"]), "load_offered": lat["offered"],
                 "offered_load_eps": rate, "rss_mb": rss}
@@ -226,6 +234,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], log_dir: Path,
 
 
 def fresh_broker_latency(partitions: int, rate: float, load_s: float, env: dict[str, str],
+                         pin: dict[str, str],
                          work: Path) -> dict:
     """The latency phase again on a new embedded broker, with a new worker and sink.
 
@@ -241,7 +250,7 @@ def fresh_broker_latency(partitions: int, rate: float, load_s: float, env: dict[
         env = {**env, "RISKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
                "RISKSTREAM_LAKE_PATH": str(fresh / "lake"),
                "RISKSTREAM_STATE_DIR": str(fresh / "state")}
-        worker = stage("worker", env, fresh)
+        worker = stage("worker", {**env, **pin}, fresh)
         sink = stage("sink", env, fresh)
         try:
             # The reader of the warm-up stops after 3 s without news, which a worker still
@@ -376,10 +385,11 @@ def _lake_latencies(lake: Path, since_ms: int) -> list[float]:
     return out
 
 
-def scoring_path(n: int) -> dict:
-    """(5): the scoring path alone, in a process of its own (``pipelines.bench_scoring``)."""
+def scoring_path(n: int, pin: dict[str, str]) -> dict:
+    """(5): the scoring path alone, in a process of its own (``pipelines.bench_scoring``),
+    placed as the pipeline's worker (``pin``)."""
     out = subprocess.run([sys.executable, "-m", "pipelines.bench_scoring", str(n)],
-                         capture_output=True, text=True, check=True)
+                         env={**os.environ, **pin}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -396,18 +406,25 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
     broker = None
     bootstrap = settings.kafka.bootstrap
     work = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
+    # Placed as `riskstream up` places its processes (pipelines/placement.py): the workers
+    # (and Faust's agent, and (5)) on a core of their own, this process, so the embedded
+    # broker, the load and the reader, the gateway and the sink on the others.
+    cpus = placement.plan(1, enabled=settings.service.pin_workers)
+    unplaced = placement.take_shared(cpus) if cpus else None
+    pin = cpus.worker_env(0) if cpus else {}
     try:
         if not bootstrap:
             broker = EmbeddedBroker(log_path=work / "broker.log").start()
             bootstrap = broker.bootstrap
         ensure_topics(bootstrap, partitions=settings.kafka.partitions)
-        _say(f"bench: {events:,} events on {bootstrap}; work dir {work}")
+        _say(f"bench: {events:,} events on {bootstrap}; work dir {work}; "
+             f"{cpus.describe() if cpus else 'processes not pinned'}")
         _say("1/5 generating and producing ...")
         messages = generate(events)
         produce_eps = produce(bootstrap, messages)
         del messages
         _say("2/5 Faust count-only agent ...")
-        faust_eps = faust_count(bootstrap, events)
+        faust_eps = faust_count(bootstrap, events, pin)
         _say("3/5 ceiling: confluent-kafka batch consume ...")
         ceiling_eps = ceiling(bootstrap, events)
         _say("4/5 full pipeline: worker + sink ...")
@@ -416,15 +433,17 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
                "RISKSTREAM_STATE_DIR": str(work / "state"),
                "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": "1", "RISKSTREAM_LOG_LEVEL": "WARNING"}
         result = {"events": events, "bootstrap": "embedded" if broker else "external",
+                  "cpus": cpus.describe() if cpus else None,
                   "produce_eps": produce_eps, "ceiling_eps": ceiling_eps,
                   "faust_count_eps": faust_eps,
-                  **pipeline(bootstrap, events, env, work, load_s, load_eps)}
+                  **pipeline(bootstrap, events, env, pin, work, load_s, load_eps,
+                             broker.pid if broker else None)}
         if broker is not None:
             _say("   latency again on a fresh embedded broker (new worker and sink) ...")
             result["fresh_broker"] = fresh_broker_latency(
-                settings.kafka.partitions, result["offered_load_eps"], load_s, env, work)
+                settings.kafka.partitions, result["offered_load_eps"], load_s, env, pin, work)
         _say("5/5 the scoring path alone, in process ...")
-        result["scoring_eps"] = scoring_path(events)["scoring_eps"]
+        result["scoring_eps"] = scoring_path(events, pin)["scoring_eps"]
         if state:
             _say(f"state memory: {state[0]:,} cards, {state[1]:,} metric series ...")
             result["state_memory"] = state_memory(*state)
@@ -438,12 +457,15 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
     finally:
         if broker is not None:
             broker.stop()
+        if unplaced is not None:
+            placement.restore(unplaced)
 
 
 def report(r: dict) -> str:
     lat, lake, stages = r["latency_ms"], r["latency_to_lake_ms"], r["latency_stages_ms"]
     return "\n".join([
-        f"riskstream bench: {r['events']:,} mixed events ({r['bootstrap']} broker)",
+        f"riskstream bench: {r['events']:,} mixed events ({r['bootstrap']} broker; "
+        f"{r['cpus'] or 'processes not pinned'})",
         f"  produce                         {r['produce_eps']:>12,.0f} events/s",
         f"  (2) ceiling: batch consume       {r['ceiling_eps']:>12,.0f} events/s",
         f"  (3) Faust count-only agent       {r['faust_count_eps']:>12,.0f} events/s",
@@ -452,7 +474,8 @@ def report(r: dict) -> str:
         f"(4)/(2) = {r['ratio_pipeline_to_ceiling']:.3f}"),
         (f"  (5) scoring path alone, in process {r['scoring_eps']:>10,.0f} events per CPU "
          f"second   (4)/(5) = {r['ratio_pipeline_to_scoring']:.2f}"),
-        f"  CPU: {r['cpu_s_per_1000_events']:.3f} s per 1,000 events (worker, its gateway, sink)",
+        f"  CPU: {r['cpu_s_per_1000_events']:.3f} s per 1,000 events (worker, its gateway, sink): "
+        + ", ".join(f"{name} {s:.3f}" for name, s in r["cpu_s_per_1000_by_process"].items()),
         (f"  latency at {r['offered_load_eps']:,.0f} events/s after the backlog, event time to "
          f"scored output: "
         f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (n={lat['n']:,} of "

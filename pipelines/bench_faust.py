@@ -7,6 +7,7 @@ events/s from its first to its N-th message; the caller then stops it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -15,6 +16,7 @@ import time
 import faust
 import orjson
 
+from pipelines import placement
 from pipelines.topics import INPUT_TOPICS
 
 
@@ -56,4 +58,5 @@ def main(bootstrap: str, expected: int) -> None:
 
 
 if __name__ == "__main__":
+    placement.pin(os.environ.get("RISKSTREAM_CPUS"))  # as the bench's worker (bench.py)
     main(sys.argv[1], int(sys.argv[2]))

@@ -11,6 +11,7 @@ the share of the worker's main thread left to scoring.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from agents.aggregate import WindowAggregator
+from pipelines import placement
 from pipelines.app import Pipeline
 from pipelines.bench import generate
 from pipelines.settings import Settings
@@ -86,4 +88,5 @@ def main(n: int) -> dict:
 
 
 if __name__ == "__main__":
+    placement.pin(os.environ.get("RISKSTREAM_CPUS"))  # as the bench's worker (bench.py)
     print(orjson.dumps(main(int(sys.argv[1]))).decode())

@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from pipelines import placement
 from pipelines.errors import ConfigError, RiskstreamError
 from pipelines.settings import Settings
 
@@ -221,7 +222,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args, Settings())
+        settings = Settings()
+        placement.pin(settings.service.cpus)  # before any thread starts: they inherit it
+        return args.func(args, settings)
     except RiskstreamError as exc:
         print(f"riskstream: {exc}", file=sys.stderr)
         return 2

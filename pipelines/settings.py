@@ -212,6 +212,11 @@ class ServiceSettings(BaseSettings):
     report_horizon: str = "24h"
     report_dir: Path = Path("var/reports")
     report_source: Literal["lake", "clickhouse"] = "lake"
+    # CPU placement (pipelines/placement.py): `riskstream up` and `bench` give each worker a
+    # core of its own and the other processes the rest, when there is a core to spare.
+    pin_workers: bool = True
+    # The CPUs this process runs on (`1`, `0,2-3`); unset: wherever the OS puts it.
+    cpus: str | None = None
 
 
 class Settings:

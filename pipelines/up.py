@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from dashboards.live import LiveDashboard, send_body, stream_lag
+from pipelines import placement
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.settings import Settings
 from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS, VALIDATED
@@ -259,6 +260,11 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     lake = settings.lake.path.resolve()
+    # Each worker on a core of its own, the rest (this supervisor, and so the broker and every
+    # other child, which inherit it) on the others: pipelines/placement.py.
+    cpus = placement.plan(workers, enabled=settings.service.pin_workers)
+    if cpus is not None:
+        placement.take_shared(cpus)
     broker: EmbeddedBroker | None = None
     bootstrap = settings.kafka.bootstrap
     if not bootstrap:
@@ -270,13 +276,14 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
                       replication_factor=settings.kafka.replication_factor)
         env = {**os.environ, "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
                "RISKSTREAM_LAKE_PATH": str(lake), "PYTHONUNBUFFERED": "1"}
-        specs = [(f"worker-{i}" if workers > 1 else "worker", ["worker"]) for i in range(workers)]
-        specs += [("sink", ["sink"]), ("dispatch", ["dispatch"]),
-                  ("simulator", ["simulate", "--rate", str(rate_eps), "--seed", str(seed)])]
-        for name, args in specs:
+        specs = [(f"worker-{i}" if workers > 1 else "worker", ["worker"],
+                  cpus.worker_env(i) if cpus else {}) for i in range(workers)]
+        specs += [("sink", ["sink"], {}), ("dispatch", ["dispatch"], {}),
+                  ("simulator", ["simulate", "--rate", str(rate_eps), "--seed", str(seed)], {})]
+        for name, args, pinned in specs:
             port = free_port()
-            child = Child(name, args, {**env, "RISKSTREAM_METRICS_PORT": str(port)}, port,
-                          log_dir / f"{name}.log")
+            child = Child(name, args, {**env, **pinned, "RISKSTREAM_METRICS_PORT": str(port)},
+                          port, log_dir / f"{name}.log")
             child.start()
             children.append(child)
 
@@ -295,6 +302,7 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
               f"  dashboard   http://{host}:{port}/   (live; JSON /api/v1/metrics, SSE "
               f"/api/v1/metrics/realtime, status /api/v1/status)\n"
               f"  logs        {log_dir.resolve()}/\n"
+              f"  cpus        {cpus.describe() if cpus else 'as the OS schedules them'}\n"
               f"  query       riskstream sql \"SELECT count() FROM scored_transactions\"\n"
               f"  stop        Ctrl-C", flush=True)
         deadline = time.monotonic() + duration_s if duration_s else None

@@ -37,6 +37,7 @@ from typing import Any
 
 import mode
 
+from pipelines import placement
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings
 
@@ -102,6 +103,7 @@ def add_worker_services(app: Any, settings: Settings) -> list[str]:
 
 def _child(name: str, stop: Any, worker_pid: int, log_level: str) -> None:
     """Logging, signals and the watch on the worker, in a child process."""
+    placement.pin_helper()  # not on the worker's own core
     logging.basicConfig(level=log_level.upper(),
                         format=f"[%(asctime)s] [%(process)d] [%(levelname)s] [{name}] "
                                "%(message)s")

@@ -53,6 +53,10 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
                 "ratio_pipeline_to_scoring"):
         assert r[key] > 0, key
     assert r["cpu_s_per_1000_events"] >= 0  # a 4,000-event backlog may pass between two reads
+    by_process = r["cpu_s_per_1000_by_process"]
+    assert set(by_process) == {"worker", "gateway", "sink", "broker"}  # embedded: Tansu too
+    assert r["cpu_s_per_1000_events"] == pytest.approx(
+        by_process["worker"] + by_process["gateway"] + by_process["sink"])
     assert r["events"] == 4000 and r["bootstrap"] == "embedded"
     # Events offered at load reached the scored outputs and were timed.
     assert r["latency_ms"]["n"] > 0

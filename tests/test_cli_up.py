@@ -26,6 +26,14 @@ from sinks.clickhouse import query_rows
 pytestmark = pytest.mark.integration
 
 
+def _cpus_of_threads(pid: int) -> set[int]:
+    """Every CPU some thread of ``pid`` may run on."""
+    cpus: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        cpus |= os.sched_getaffinity(int(task))
+    return cpus
+
+
 def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
     up, out_path, page = start_up(tmp_path, flush_interval_s=2)
     try:
@@ -48,6 +56,15 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
         assert len(gateway) == 1
         pids += gateway
         assert all(alive(pid) for pid in pids)
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:  # the worker has a core of its own, every other process the rest
+            own = cpus[-1]
+            assert f"worker on CPU {own}, everything else on CPU" in out_path.read_text()
+            worker = status["processes"]["worker"]["pid"]
+            assert _cpus_of_threads(worker) == {own}
+            for pid in pids:
+                if pid != worker:  # the broker, the worker's gateway, sink, dispatch, simulator
+                    assert own not in _cpus_of_threads(pid), pid
 
         up.send_signal(signal.SIGINT)  # Ctrl-C
         assert up.wait(90) == 0
