@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 
 import orjson
 from confluent_kafka import (
@@ -190,6 +190,9 @@ class Gateway:
         now_ms = int(time.time() * 1000)
         accepted: dict[tuple[str, int], list[dict]] = defaultdict(list)
         next_offsets: dict[tuple[str, int], int] = {}
+        # counted per topic, into the metrics once per batch: a metric update per event was
+        # ~13 % of the gateway (in its process each one is recorded for the relay)
+        read: Counter[str] = Counter()
         for msg in messages:
             if not readable(msg, log, "gateway"):
                 continue
@@ -198,7 +201,7 @@ class Gateway:
             next_offsets[tp] = offset + 1
             if offset <= self._forwarded.get(tp, -1):
                 continue  # already forwarded before a crash: replay, not a duplicate
-            metrics.EVENTS_IN.labels(topic).inc()
+            read[topic] += 1
             result = self.validator.validate(topic, msg.value() or b"", now_ms=now_ms)
             if isinstance(result, Rejection):
                 self._dead_letter(msg, result, now_ms)
@@ -209,7 +212,10 @@ class Gateway:
                     result["event_id"]), now_ms)
             else:
                 accepted[tp].append(result)
-                metrics.VALIDATED.labels(topic).inc()
+        for topic, n in read.items():
+            metrics.EVENTS_IN.labels(topic).inc(n)
+        for (topic, _), events in accepted.items():
+            metrics.VALIDATED.labels(topic).inc(len(events))
         for tp, last_next in next_offsets.items():
             events = accepted.get(tp, [])
             topic, partition = tp

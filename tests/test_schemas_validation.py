@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import doctest
+import ipaddress
 
 import orjson
 import pytest
 from factories import encode, make_application, make_label, make_metric, make_transaction
 from pydantic import SecretStr
+from pydantic_core import PydanticCustomError
 
 import schemas.common
 import schemas.validation
@@ -100,6 +102,25 @@ def test_integer_amount_is_a_number(validator):
 def test_ipv6_is_accepted_and_normalised(validator):
     result = check(validator, "transactions", txn(ip="2001:DB8:0::1"))
     assert result["ip"] == "2001:db8::1"
+
+
+@pytest.mark.parametrize("text", [
+    "1.2.3.4", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3.04", "00.0.0.0", "1.2.3",
+    "1.2.3.4.5", "256.1.1.1", " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "1..3.4", "0x1.2.3.4",
+    "+1.2.3.4", "1.2.3.-1", "\u0661.2.3.4", "1.2.3.4\x00", "::ffff:1.2.3.4", "::1", "fe80::1%eth0",
+    "1.2.3.4/32", ""])
+def test_ip_addresses_are_checked_and_written_as_ipaddress_does(text):
+    # IPv4 is checked by the C library first (schemas.common._check_ip): the same verdicts
+    # and the same text as the standard library's ipaddress, on the edge cases.
+    try:
+        expected = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = None
+    try:
+        got = schemas.common._check_ip(text)
+    except PydanticCustomError:
+        got = None
+    assert got == expected
 
 
 def test_email_domain_is_lower_cased(validator):

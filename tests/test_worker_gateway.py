@@ -7,9 +7,14 @@ import os
 import signal
 
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from factories import encode, make_metric, make_transaction
 from processes import GATEWAY, Process, alive, children, wait_until
+from prometheus_client import REGISTRY
 
+from agents.validate import Gateway
 from pipelines.broker import EmbeddedBroker, ensure_topics
+from pipelines.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +67,40 @@ def test_fausts_consumer_fetches_with_our_wait_and_size(tmp_path, monkeypatch):
         finally:
             app.riskstream_pipeline.rules_source.close()
         assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (17, 4321)
+
+
+
+def test_the_gateway_counts_what_it_read_and_accepted_per_stream():
+    # Counted per batch (agents/validate.py): read = every input message, accepted = those
+    # forwarded, the rest dead-lettered by kind; one batch of real messages from the broker.
+    txns = [make_transaction() for _ in range(3)]
+    sent = [("transactions", encode(t)) for t in txns]
+    sent += [("transactions", b"{not json"), ("transactions", encode(txns[0]))]  # bad, duplicate
+    sent += [("system-metrics", encode(make_metric())) for _ in range(2)]
+    with EmbeddedBroker() as broker:  # its own: the messages are its topics' first
+        ensure_topics(broker.bootstrap, partitions=1)
+        producer = Producer({"bootstrap.servers": broker.bootstrap})
+        for topic, value in sent:
+            producer.produce(topic, value=value)
+        assert producer.flush(10) == 0
+        reader = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "gateway-counts",
+                           "enable.auto.commit": False})
+        reader.assign([TopicPartition(t, 0, 0) for t in ("transactions", "system-metrics")])
+        messages: list = []
+        wait_until(lambda: messages.extend(reader.consume(10, timeout=1)) or len(messages) >= 7,
+                   timeout_s=30, what="the seven messages back")
+        reader.close()
+
+        def count(name: str, **labels: str) -> float:
+            return REGISTRY.get_sample_value(name, labels) or 0.0
+
+        names = [("riskstream_events_in_total", "transactions"),
+                 ("riskstream_events_in_total", "system-metrics"),
+                 ("riskstream_validated_total", "transactions"),
+                 ("riskstream_validated_total", "system-metrics"),
+                 ("riskstream_rejected_total", "transactions")]
+        kinds = {"riskstream_rejected_total": {"kind": "duplicate"}}
+        before = [count(n, stream=s, **kinds.get(n, {})) for n, s in names]
+        Gateway(Settings(), broker.bootstrap).process(messages)
+        after = [count(n, stream=s, **kinds.get(n, {})) for n, s in names]
+    assert [a - b for a, b in zip(after, before)] == [5, 2, 3, 2, 1]
