@@ -271,7 +271,7 @@ class Pipeline:
         self.windows: dict[tuple[str, int], list] = {}
         self._silence_checked: dict[int, int] = {}  # partition -> event clock of the last check
         self._unscored_batches: Counter[str] = Counter()  # stream -> batches failed whole in a row
-        self._logged = [0, 0]  # minute, dead-letter errors logged in it (``_dead_letter``)
+        self._logged = [0, 0]  # minute, event failures logged in it (``_log_allowed``)
 
     def metric_scorer(self, partition: int) -> MetricScorer:
         """The partition's metric detector, restored from its latest snapshot if any."""
@@ -326,15 +326,26 @@ class Pipeline:
         return self._learned.get(f"{stream}:{partition}", -1)
 
     def relearn(self, stream: str, partition: int, events: list[dict], offset: int) -> None:
-        """Replay a batch into the models only: its outputs and windows already went out."""
+        """Replay a batch into the models only: its outputs and windows already went out.
+
+        An event that raises is skipped and logged: it went out in the first pass, scored or
+        to dead-letter (``_dead_letter``), and raising here would stop the worker at every
+        restart (a crash loop on one event)."""
         if stream == SYSTEM_METRICS:
             scorer = self.metric_scorer(partition)
-            for event in events:
-                scorer.score_record(event, 0)
+            learn = lambda event: scorer.score_record(event, 0)  # noqa: E731
         elif stream in self.fraud_scorers:
-            score = self.fraud_scorers[stream].score_one
-            for event in events:
-                score(event)
+            learn = self.fraud_scorers[stream].score_one
+        else:
+            learn = None
+        for event in events if learn is not None else ():
+            try:
+                learn(event)
+            except Exception as exc:
+                if self._log_allowed():
+                    log.error("%s partition %d offset %d: relearning event %s failed; "
+                              "skipped (it went out when first scored)", VALIDATED[stream],
+                              partition, offset, event.get("event_id"), exc_info=exc)
         self._learned[f"{stream}:{partition}"] = offset
 
     def maybe_snapshot(self, stream: str, partition: int, offset: int, *, force: bool = False
@@ -531,16 +542,10 @@ class Pipeline:
         worker (``score_batch`` raises): that is the code, and dead-lettering the whole stream
         would hide it."""
         topic = VALIDATED[stream]
-        minute = int(time.monotonic() // 60)
-        if self._logged[0] != minute:
-            self._logged[:] = [minute, 0]
-        self._logged[1] += 1
-        if self._logged[1] <= DEAD_LETTER_LOGS_PER_MINUTE:
+        if self._log_allowed(f"sent to dead-letter and counted "
+                             f"(riskstream_rejected_total{{kind=\"{kind}\"}})"):
             log.error("%s partition %d offset %d: %s of event %s failed; sent to dead-letter",
                       topic, partition, offset, kind, event.get("event_id"), exc_info=exc)
-        elif self._logged[1] == DEAD_LETTER_LOGS_PER_MINUTE + 1:
-            log.error("more events failed this minute, sent to dead-letter and counted "
-                      "(riskstream_rejected_total{kind=\"%s\"}), not logged", kind)
         self.outputs.send(DEAD_LETTER, topic, dead_letter_record(
             source_topic=topic, source_partition=partition, source_offset=offset, key=None,
             kind=kind, reason=redact_raw(stream, f"{kind} failed: {exc!r}"[:500].encode()),
@@ -548,6 +553,18 @@ class Pipeline:
             original=redact_raw(stream, orjson.dumps(event, default=str)),
             received_at=_now_ms()))
         metrics.REJECTED.labels(stream, kind).inc()  # by stream, as the gateway counts
+
+    def _log_allowed(self, then: str = "skipped") -> bool:
+        """Whether an event's failure may be logged with its traceback: at most
+        ``DEAD_LETTER_LOGS_PER_MINUTE`` a minute (a bad release would fail every event); the
+        first one over says so, and what happens to the rest (``then``)."""
+        minute = int(time.monotonic() // 60)
+        if self._logged[0] != minute:
+            self._logged[:] = [minute, 0]
+        self._logged[1] += 1
+        if self._logged[1] == DEAD_LETTER_LOGS_PER_MINUTE + 1:
+            log.error("more events failed this minute: %s, not logged", then)
+        return self._logged[1] <= DEAD_LETTER_LOGS_PER_MINUTE
 
     def _silences(self, partition: int, event_clock_ms: int, now: int) -> None:
         """Series of this partition that stopped reporting, in event time: anomalies."""

@@ -102,3 +102,29 @@ def test_a_label_that_cannot_be_learned_goes_to_dead_letter_and_the_others_are_l
     [dead] = sent(pipeline, DEAD_LETTER)
     assert (dead["kind"], dead["event_id"], dead["source_topic"]) == (
         "learning", "l1", VALIDATED[LABELS])
+
+
+def test_a_replayed_event_that_cannot_be_relearned_is_skipped_not_a_crash_loop(pipeline,
+                                                                                caplog):
+    """After a restart the worker replays batches its model snapshot does not cover into the
+    models only (``relearn``). An event that raises there went out in the first pass (scored,
+    or to dead-letter): skipped and logged, the others learned, nothing sent again. Raising
+    would stop the worker at every restart."""
+    events = [{**make_transaction(now_ms=T0 + i, event_id=f"e{i}"), "stream": TRANSACTIONS}
+              for i in range(4)]
+    score = pipeline.transactions.score_one
+    learned: list[str] = []
+
+    def score_but_e1(event: dict):
+        if event["event_id"] == "e1":
+            raise ValueError("cannot score this one")
+        learned.append(event["event_id"])
+        return score(event)
+
+    pipeline.transactions.score_one = score_but_e1
+    pipeline.relearn(TRANSACTIONS, 2, events, offset=9)
+
+    assert learned == ["e0", "e2", "e3"]
+    assert pipeline.learned_offset(TRANSACTIONS, 2) == 9
+    assert pipeline.outputs.sent == []
+    assert "relearning event e1 failed; skipped" in caplog.text
