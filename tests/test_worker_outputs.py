@@ -39,11 +39,10 @@ def test_when_delivered_runs_once_every_earlier_output_is_in_the_broker(bootstra
         outputs.start(loop)
         delivered = loop.create_future()
         for batch in range(3):
-            outputs.begin()
             for i in range(100):
                 outputs.send(SCORED_TRANSACTIONS, f"card-{i}", {"event_id": f"{batch}-{i}"})
         outputs.when_delivered(lambda: (events.append("checkpoint"),
-                                        delivered.set_result(len(outputs.inflight))))
+                                        delivered.set_result(outputs.in_flight())))
         assert events == []  # nothing acknowledged yet: 200 ms of linger
         assert await asyncio.wait_for(delivered, 30) == 0  # nothing left in flight
         # With nothing in flight it runs at once (on the loop).
@@ -62,9 +61,39 @@ def test_an_output_the_producer_refuses_does_not_hold_back_the_checkpoints(boots
     from confluent_kafka import KafkaException
 
     outputs = Outputs(bootstrap)
-    outputs.begin()
     with pytest.raises(KafkaException):
         outputs.send(SCORED_TRANSACTIONS, "card-1", {"blob": "x" * 2_000_000})
     ran: list[str] = []
     outputs.when_delivered(lambda: ran.append("checkpoint"))  # no loop: runs here, or never
-    assert ran == ["checkpoint"] and not outputs.inflight
+    assert ran == ["checkpoint"] and outputs.in_flight() == 0
+
+
+def test_a_failed_delivery_stops_the_worker_and_no_later_checkpoint_is_written():
+    """librdkafka gives up on outputs it cannot deliver (here: no broker, a 300 ms message
+    timeout): ``on_error`` runs on the loop (the worker stops), the checkpoints waiting on
+    those outputs or later ones never run, and ``poll`` raises."""
+    from confluent_kafka import Producer
+
+    from pipelines.kafka import producer_config
+
+    outputs = Outputs("127.0.0.1:1")
+    outputs._producer = Producer(producer_config("127.0.0.1:1", **{"message.timeout.ms": 300}))
+    ran: list[str] = []
+
+    async def scenario() -> Exception:
+        loop = asyncio.get_running_loop()
+        failed = loop.create_future()
+        outputs.on_error = failed.set_result
+        outputs.start(loop)
+        for i in range(10):
+            outputs.send(SCORED_TRANSACTIONS, f"card-{i}", {"event_id": str(i)})
+        outputs.when_delivered(lambda: ran.append("first"))
+        outputs.send(SCORED_TRANSACTIONS, "card-x", {"event_id": "x"})
+        outputs.when_delivered(lambda: ran.append("second"))
+        return await asyncio.wait_for(failed, 30)
+
+    error = asyncio.run(scenario())
+    assert "output delivery failed" in str(error) and "timed out" in str(error).lower()
+    assert ran == []
+    with pytest.raises(RuntimeError, match="output delivery failed"):
+        outputs.poll()
