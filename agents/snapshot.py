@@ -52,6 +52,7 @@ from pathlib import Path
 
 import orjson
 
+from pipelines import placement
 from pipelines.errors import RiskstreamError
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class ForkedWriter:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 gc.disable()  # a collection would touch, so copy, every page of the parent's
                 os.nice(NICE)
+                placement.pin_helper()  # off the worker's core, when it has one
                 started = time.monotonic()
                 job()
                 log.info("snapshot %s written by process %d in %.1f s", key, os.getpid(),

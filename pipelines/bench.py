@@ -212,7 +212,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], pin: dict[str, str], l
         # per 1,000 events, by process; the total is the pipeline's own (the broker apart)
         cpu = {name: (sum(map(_proc_cpu_s, pids[name])) - c) / n * 1000
                for name, c in cpu0.items() if pids[name]}
-        cpu_per_1000 = cpu["worker"] + cpu["gateway"] + cpu["sink"]
+        cpu_per_1000 = sum(cpu.get(name, 0.0) for name in ("worker", "gateway", "sink"))
 
         # Latency at half load (or the load asked for), events timestamped when produced.
         rate = load_eps or eps / 2

@@ -76,6 +76,8 @@ class Placement:
 def plan(workers: int, *, enabled: bool = True) -> Placement | None:
     """The last ``workers`` CPUs available, one per worker, the others shared; None when off,
     or without a CPU left over for the rest (then nothing is pinned)."""
+    if workers < 1:
+        raise RiskstreamError(f"workers: at least 1, not {workers}")
     cpus = available()
     if not enabled or cpus is None or len(cpus) < workers + 1:
         return None
@@ -91,6 +93,7 @@ def take_shared(placement: Placement) -> frozenset[int]:
     before = frozenset(os.sched_getaffinity(0))
     os.sched_setaffinity(0, placement.shared)
     os.environ.pop("RISKSTREAM_CPUS", None)
+    os.environ.pop(HELPER_ENV, None)
     return before
 
 
@@ -100,7 +103,8 @@ def restore(cpus: frozenset[int]) -> None:
 
 def pin(cpus_text: str | None) -> None:
     """At a process's start, before it starts threads (they inherit it): run on
-    ``RISKSTREAM_CPUS`` when set; its helper processes will run where it ran before."""
+    ``RISKSTREAM_CPUS`` when set; its helper processes will run where it ran before, less
+    those CPUs (all of it, when that leaves none)."""
     if not cpus_text:
         return
     cpus = parse_cpus(cpus_text)
@@ -112,11 +116,34 @@ def pin(cpus_text: str | None) -> None:
     except OSError as exc:
         raise RiskstreamError(f"RISKSTREAM_CPUS={cpus_text}: cannot run on those CPUs "
                               f"(this process may use {format_cpus(before)}): {exc}") from None
-    os.environ[HELPER_ENV] = format_cpus(before)
+    if (got := frozenset(os.sched_getaffinity(0))) != cpus:
+        # the kernel keeps the CPUs of a list that the process's CPU set (a container's
+        # cpuset) allows, and fails only when none are
+        os.sched_setaffinity(0, before)
+        raise RiskstreamError(f"RISKSTREAM_CPUS={cpus_text}: this process may not use CPU "
+                              f"{format_cpus(cpus - got)} (it may use {format_cpus(before)})")
+    _other_threads(cpus)
+    os.environ[HELPER_ENV] = format_cpus((before - cpus) or before)
 
 
 def pin_helper() -> None:
-    """At a worker's helper process's start: off the worker's core (see ``pin``)."""
+    """At a worker's helper process's start (a spawned gateway, dashboard or report, the
+    forked snapshot writer): off the worker's core (see ``pin``)."""
     cpus = os.environ.get(HELPER_ENV)
     if cpus and available() is not None:
         os.sched_setaffinity(0, parse_cpus(cpus))
+        _other_threads(parse_cpus(cpus))
+
+
+def _other_threads(cpus: frozenset[int]) -> None:
+    """The threads the process already has follow it (an import may have started some, a
+    numerical library's pool, say); new ones inherit the calling thread's CPUs."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # ended meanwhile
+            pass

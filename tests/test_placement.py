@@ -47,23 +47,26 @@ def test_a_process_pins_itself_and_its_helpers_go_back_where_it_was(tmp_path):
     own = cpus[-1]
     script = tmp_path / "pinned.py"  # a file: a spawned child imports its main module
     script.write_text(
-        "import os, multiprocessing as mp\n"
+        "import os, threading, multiprocessing as mp\n"
         "from pipelines import placement\n"
+        "early = threading.Thread(target=threading.Event().wait, daemon=True)\n"
+        "early.start()  # before the pin: an import's thread pool, say\n"
         "def helper(q):\n"
         "    placement.pin_helper()\n"
         "    q.put(sorted(os.sched_getaffinity(0)))\n"
         "if __name__ == '__main__':\n"
         "    placement.pin(os.environ['RISKSTREAM_CPUS'])\n"
         "    print(sorted(os.sched_getaffinity(0)))\n"
+        "    print(sorted(os.sched_getaffinity(early.native_id)))\n"
         "    ctx = mp.get_context('spawn'); q = ctx.Queue()\n"
         "    p = ctx.Process(target=helper, args=(q,)); p.start(); print(q.get()); p.join()\n")
     run = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
                          text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "RISKSTREAM_CPUS": str(own)})
     assert run.returncode == 0, run.stderr
-    pinned, helper = run.stdout.splitlines()
-    assert pinned == str([own])
-    assert helper == str(cpus)  # the worker's gateway is not on the worker's core
+    pinned, early, helper = run.stdout.splitlines()
+    assert pinned == early == str([own])
+    assert helper == str(cpus[:-1])  # the worker's gateway is not on the worker's core
 
 
 def test_cpus_it_may_not_use_are_a_clear_error_at_start():
@@ -76,3 +79,15 @@ def test_cpus_it_may_not_use_are_a_clear_error_at_start():
                          env={**os.environ, "RISKSTREAM_CPUS": "4096"})
     assert run.returncode == 2
     assert "RISKSTREAM_CPUS=4096: cannot run on those CPUs" in run.stderr
+    # a list only partly allowed: the kernel would keep the allowed part, silently
+    own = max(os.sched_getaffinity(0))
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "alerts", "check-rules"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RISKSTREAM_CPUS": f"{own},4096"})
+    assert run.returncode == 2
+    assert f"RISKSTREAM_CPUS={own},4096: this process may not use CPU 4096" in run.stderr
+
+
+def test_a_plan_needs_a_worker():
+    with pytest.raises(RiskstreamError, match="at least 1"):
+        placement.plan(0)
