@@ -159,7 +159,8 @@ class Outputs:
                                         daemon=True)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Serve delivery reports from now on; ``done`` callbacks run on ``loop``."""
+        """Serve delivery reports from now on; ``when_delivered`` waiters and ``on_error``
+        run on ``loop``."""
         self._loop = loop
         if not self._poller.is_alive():
             self._poller.start()
@@ -211,19 +212,24 @@ class Outputs:
 
     def when_delivered(self, fn: Callable[[], Any] | None) -> None:
         """Run ``fn`` on the loop once every output sent so far is acknowledged (at once if
-        none is in flight); never if a delivery fails (the worker stops at its next
-        ``poll``). ``flush`` without the wait. Two such ``fn`` may run in either order."""
+        none is in flight); never if a delivery fails (``on_error`` runs instead: the worker
+        stops). ``flush`` without the wait. Two such ``fn`` may run in either order."""
         with self.lock:
             generation, self._open = self._open, _Generation()
             generation.fn = fn
             self._waiting.append(generation)
         self._settle()
 
+    def check(self) -> None:
+        """Have the reports of the outputs sent so far checked once they are in, with no
+        checkpoint to wait for them (a failure among them stops the worker: ``on_error``)."""
+        if self._open.sent:
+            self.when_delivered(None)
+
     def in_flight(self) -> int:
         """Outputs sent and not yet acknowledged."""
         with self.lock:
-            generations = [*self._waiting, self._open]
-        return sum(max(0, g.sent - g.reports.qsize()) for g in generations)
+            return sum(g.sent - g.reports.qsize() for g in (*self._waiting, self._open))
 
     def poll(self) -> None:
         """Raise if an output could not be delivered (from then on: it stays failed)."""
@@ -351,6 +357,7 @@ class Pipeline:
             try:
                 learn(event)
             except Exception as exc:
+                metrics.RELEARN_FAILED.labels(stream).inc()
                 if self._log_allowed():
                     log.error("%s partition %d offset %d: relearning event %s failed; "
                               "skipped (it went out when first scored)", VALIDATED[stream],
@@ -551,8 +558,7 @@ class Pipeline:
         worker (``score_batch`` raises): that is the code, and dead-lettering the whole stream
         would hide it."""
         topic = VALIDATED[stream]
-        if self._log_allowed(f"sent to dead-letter and counted "
-                             f"(riskstream_rejected_total{{kind=\"{kind}\"}})"):
+        if self._log_allowed():
             log.error("%s partition %d offset %d: %s of event %s failed; sent to dead-letter",
                       topic, partition, offset, kind, event.get("event_id"), exc_info=exc)
         self.outputs.send(DEAD_LETTER, topic, dead_letter_record(
@@ -563,16 +569,17 @@ class Pipeline:
             received_at=_now_ms()))
         metrics.REJECTED.labels(stream, kind).inc()  # by stream, as the gateway counts
 
-    def _log_allowed(self, then: str = "skipped") -> bool:
-        """Whether an event's failure may be logged with its traceback: at most
-        ``DEAD_LETTER_LOGS_PER_MINUTE`` a minute (a bad release would fail every event); the
-        first one over says so, and what happens to the rest (``then``)."""
+    def _log_allowed(self) -> bool:
+        """Whether an event's failure (scoring, learning, relearning) may be logged with its
+        traceback: at most ``DEAD_LETTER_LOGS_PER_MINUTE`` a minute (a bad release would fail
+        every event); the first one over says so. All are counted."""
         minute = int(time.monotonic() // 60)
         if self._logged[0] != minute:
             self._logged[:] = [minute, 0]
         self._logged[1] += 1
         if self._logged[1] == DEAD_LETTER_LOGS_PER_MINUTE + 1:
-            log.error("more events failed this minute: %s, not logged", then)
+            log.error("more events failed this minute: counted (riskstream_rejected_total "
+                      "by kind, riskstream_relearn_failed_total), not logged")
         return self._logged[1] <= DEAD_LETTER_LOGS_PER_MINUTE
 
     def _silences(self, partition: int, event_clock_ms: int, now: int) -> None:
@@ -940,6 +947,8 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
                 checkpoint()
             except Exception as exc:
                 fail("checkpoint failed", exc)
+        elif not scored:
+            outputs.check()  # outputs of labels and timers: a failed one stops the worker
 
     def scoring_agent(stream: str):
         topic = app.topic(VALIDATED[stream], value_serializer="raw", key_serializer="raw")

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 EVENTS_IN = Counter("riskstream_events_in_total", "Input messages read", ["stream"])
 VALIDATED = Counter("riskstream_validated_total", "Events accepted by validation", ["stream"])
 REJECTED = Counter("riskstream_rejected_total", "Events sent to dead-letter", ["stream", "kind"])
+RELEARN_FAILED = Counter("riskstream_relearn_failed_total",
+                         "Replayed events the models could not learn again (skipped)", ["stream"])
 SCORED = Counter("riskstream_scored_total", "Events scored", ["stream"])
 LABELS_LEARNED = Counter("riskstream_labels_learned_total", "Delayed labels learned", ["stream"])
 LABELS_UNMATCHED = Counter("riskstream_labels_unmatched_total",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from factories import make_transaction
+from prometheus_client import REGISTRY
 from test_agents_snapshot import CollectingOutputs
 
 from agents.aggregate import WindowAggregator
@@ -122,9 +123,15 @@ def test_a_replayed_event_that_cannot_be_relearned_is_skipped_not_a_crash_loop(p
         return score(event)
 
     pipeline.transactions.score_one = score_but_e1
+    def failed() -> float:
+        return REGISTRY.get_sample_value("riskstream_relearn_failed_total",
+                                         {"stream": TRANSACTIONS}) or 0.0
+
+    before = failed()
     pipeline.relearn(TRANSACTIONS, 2, events, offset=9)
 
     assert learned == ["e0", "e2", "e3"]
     assert pipeline.learned_offset(TRANSACTIONS, 2) == 9
     assert pipeline.outputs.sent == []
     assert "relearning event e1 failed; skipped" in caplog.text
+    assert failed() == before + 1
