@@ -349,11 +349,9 @@ class Pipeline:
         if stream == SYSTEM_METRICS:
             scorer = self.metric_scorer(partition)
             learn = lambda event: scorer.score_record(event, 0)  # noqa: E731
-        elif stream in self.fraud_scorers:
+        else:  # the other streams scored: transactions, applications
             learn = self.fraud_scorers[stream].score_one
-        else:
-            learn = None
-        for event in events if learn is not None else ():
+        for event in events:
             try:
                 learn(event)
             except Exception as exc:

@@ -91,14 +91,14 @@ def take_shared(placement: Placement) -> frozenset[int]:
     children inherit them (and not a ``RISKSTREAM_CPUS`` it was started with: only workers
     get one, ``worker_env``). Returns the CPUs it had, for ``restore``."""
     before = frozenset(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, placement.shared)
+    _run_on(placement.shared)
     os.environ.pop("RISKSTREAM_CPUS", None)
     os.environ.pop(HELPER_ENV, None)
     return before
 
 
 def restore(cpus: frozenset[int]) -> None:
-    os.sched_setaffinity(0, cpus)
+    _run_on(cpus)
 
 
 def pin(cpus_text: str | None) -> None:
@@ -112,17 +112,16 @@ def pin(cpus_text: str | None) -> None:
         raise RiskstreamError("RISKSTREAM_CPUS is set, but this OS cannot pin a process")
     before = frozenset(os.sched_getaffinity(0))
     try:
-        os.sched_setaffinity(0, cpus)
+        _run_on(cpus)
     except OSError as exc:
         raise RiskstreamError(f"RISKSTREAM_CPUS={cpus_text}: cannot run on those CPUs "
                               f"(this process may use {format_cpus(before)}): {exc}") from None
     if (got := frozenset(os.sched_getaffinity(0))) != cpus:
         # the kernel keeps the CPUs of a list that the process's CPU set (a container's
         # cpuset) allows, and fails only when none are
-        os.sched_setaffinity(0, before)
+        _run_on(before)
         raise RiskstreamError(f"RISKSTREAM_CPUS={cpus_text}: this process may not use CPU "
                               f"{format_cpus(cpus - got)} (it may use {format_cpus(before)})")
-    _other_threads(cpus)
     os.environ[HELPER_ENV] = format_cpus((before - cpus) or before)
 
 
@@ -131,13 +130,14 @@ def pin_helper() -> None:
     forked snapshot writer): off the worker's core (see ``pin``)."""
     cpus = os.environ.get(HELPER_ENV)
     if cpus and available() is not None:
-        os.sched_setaffinity(0, parse_cpus(cpus))
-        _other_threads(parse_cpus(cpus))
+        _run_on(parse_cpus(cpus))
 
 
-def _other_threads(cpus: frozenset[int]) -> None:
-    """The threads the process already has follow it (an import may have started some, a
-    numerical library's pool, say); new ones inherit the calling thread's CPUs."""
+def _run_on(cpus: frozenset[int]) -> None:
+    """Move this process to ``cpus``: the calling thread (``OSError`` if it may use none of
+    them), whose new threads inherit it, then the threads it already has (an import may have
+    started some, a numerical library's pool, say)."""
+    os.sched_setaffinity(0, cpus)
     try:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
     except OSError:

@@ -153,6 +153,21 @@ def test_a_forked_writer_writes_the_state_as_it_was_when_submitted(tmp_path):
     assert writer.writing == set()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to choose from")
+def test_a_forked_writer_runs_off_a_pinned_workers_core(tmp_path, monkeypatch):
+    """A worker pinned to its core (``placement.pin``) leaves where its helpers run in the
+    environment; the snapshot writer it forks runs there, not on the worker's core."""
+    from pipelines import placement
+
+    helper_cpus = sorted(os.sched_getaffinity(0))[:1]
+    monkeypatch.setenv(placement.HELPER_ENV, placement.format_cpus(frozenset(helper_cpus)))
+    out = tmp_path / "out"
+    writer = ForkedWriter()
+    assert writer.submit("m", lambda: out.write_text(str(sorted(os.sched_getaffinity(0)))))
+    writer.wait()
+    assert out.read_text() == str(helper_cpus)
+
+
 def test_a_forked_writer_skips_a_key_still_being_written_and_logs_a_failed_one(tmp_path, caplog):
     go = tmp_path / "go"
     writer = ForkedWriter()

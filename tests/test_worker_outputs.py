@@ -97,3 +97,27 @@ def test_a_failed_delivery_stops_the_worker_and_no_later_checkpoint_is_written()
     assert ran == []
     with pytest.raises(RuntimeError, match="output delivery failed"):
         outputs.poll()
+
+
+def test_an_idle_worker_still_learns_of_a_failed_delivery():
+    """Outputs sent with no checkpoint after them (a label's dead-letter, a timer's record):
+    ``check``, which the worker's checkpoint timer calls when nothing was scored, has their
+    reports read once in, and a failure stops the worker. Without it no checkpoint would
+    ever look at them."""
+    from confluent_kafka import Producer
+
+    from pipelines.kafka import producer_config
+
+    outputs = Outputs("127.0.0.1:1")
+    outputs._producer = Producer(producer_config("127.0.0.1:1", **{"message.timeout.ms": 300}))
+
+    async def scenario() -> Exception:
+        loop = asyncio.get_running_loop()
+        failed = loop.create_future()
+        outputs.on_error = failed.set_result
+        outputs.start(loop)
+        outputs.send(SCORED_TRANSACTIONS, "card-1", {"event_id": "1"})
+        outputs.check()
+        return await asyncio.wait_for(failed, 30)
+
+    assert "output delivery failed" in str(asyncio.run(scenario()))
