@@ -94,7 +94,7 @@ from pipelines.topics import (
 )
 from schemas.outputs import METRIC_SAMPLE
 from schemas.pii import redact_raw
-from schemas.validation import dead_letter_record
+from schemas.validation import dead_letter_record, partition_key
 
 log = logging.getLogger(__name__)
 
@@ -560,7 +560,8 @@ class Pipeline:
             log.error("%s partition %d offset %d: %s of event %s failed; sent to dead-letter",
                       topic, partition, offset, kind, event.get("event_id"), exc_info=exc)
         self.outputs.send(DEAD_LETTER, topic, dead_letter_record(
-            source_topic=topic, source_partition=partition, source_offset=offset, key=None,
+            source_topic=topic, source_partition=partition, source_offset=offset,
+            key=partition_key(stream, event),
             kind=kind, reason=redact_raw(stream, f"{kind} failed: {exc!r}"[:500].encode()),
             event_id=event.get("event_id"),
             original=redact_raw(stream, orjson.dumps(event, default=str)),

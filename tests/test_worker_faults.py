@@ -47,6 +47,7 @@ def test_an_event_that_cannot_be_scored_goes_to_dead_letter_and_the_batch_goes_o
     assert [r["event_id"] for r in sent(pipeline, SCORED_TRANSACTIONS)] == ["e0", "e1", "e3", "e4"]
     [dead] = sent(pipeline, DEAD_LETTER)
     assert dead["kind"] == "scoring" and dead["event_id"] == "e2"
+    assert dead["key"] == "card-2"  # the event's partition key, as producers keyed it
     assert "ValueError('cannot score this one')" in dead["reason"]
     assert (dead["source_topic"], dead["source_partition"], dead["source_offset"]) == (
         VALIDATED[TRANSACTIONS], 3, 41)
@@ -87,7 +88,8 @@ def test_a_stream_whose_batches_fail_whole_stops_the_worker_and_one_poison_event
 def test_a_label_that_cannot_be_learned_goes_to_dead_letter_and_the_others_are_learned(
         pipeline):
     labels = [{"event_id": f"l{i}", "event_time": T0, "target_stream": TRANSACTIONS,
-               "target_event_id": f"e{i}", "label": 1, "stream": LABELS} for i in range(3)]
+               "target_event_id": f"e{i}", "key": f"card-{i}", "label": 1, "stream": LABELS}
+              for i in range(3)]
     learned: list[str] = []
 
     def learn_but_e1(event_id: str, label: int, event_time: int) -> bool:
@@ -101,8 +103,8 @@ def test_a_label_that_cannot_be_learned_goes_to_dead_letter_and_the_others_are_l
 
     assert learned == ["e0", "e2"]
     [dead] = sent(pipeline, DEAD_LETTER)
-    assert (dead["kind"], dead["event_id"], dead["source_topic"]) == (
-        "learning", "l1", VALIDATED[LABELS])
+    assert (dead["kind"], dead["event_id"], dead["source_topic"], dead["key"]) == (
+        "learning", "l1", VALIDATED[LABELS], "card-1")
 
 
 def test_a_replayed_event_that_cannot_be_relearned_is_skipped_not_a_crash_loop(pipeline,
