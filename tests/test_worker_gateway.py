@@ -40,6 +40,28 @@ def test_a_killed_worker_takes_its_gateway_with_it(tmp_path):
                 os.kill(gateway, signal.SIGKILL)
 
 
+def test_a_worker_whose_gateway_dies_stops_with_exit_code_70(tmp_path):
+    # Killed as soon as it shows, while Faust is still starting: the worker must still stop
+    # as a fault (70, the supervisor restarts it), not die of its own SIGTERM (143).
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, partitions=2)
+        worker = Process(["worker"], {"RISKSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+                                      "RISKSTREAM_STATE_DIR": str(tmp_path / "state"),
+                                      "RISKSTREAM_LAKE_PATH": str(tmp_path / "lake")},
+                         tmp_path / "worker.log")
+        try:
+            gateway = wait_until(lambda: children(worker.proc.pid, GATEWAY), timeout_s=60,
+                                 what="the worker's gateway process")[0]
+            os.kill(gateway, signal.SIGKILL)
+            wait_until(lambda: worker.proc.poll() is not None, timeout_s=60,
+                       what="the worker stopping after its gateway died")
+        finally:
+            code = worker.stop()
+        log = worker.log()
+        assert code == 70, log[-3000:]
+        assert "the validation gateway exited with code -9" in log
+
+
 def test_fausts_consumer_fetches_with_our_wait_and_size(tmp_path, monkeypatch):
     # Faust fixes its consumer's fetch wait at 1,500 ms; on Tansu every hop would wait that
     # long. The worker swaps in its own settings through private Faust/aiokafka names, so a
