@@ -91,10 +91,11 @@ from pipelines.topics import (
     SYSTEM_METRICS,
     TRANSACTIONS,
     VALIDATED,
+    partition_key,
 )
 from schemas.outputs import METRIC_SAMPLE
 from schemas.pii import redact_raw
-from schemas.validation import dead_letter_record, partition_key
+from schemas.validation import dead_letter_record
 
 log = logging.getLogger(__name__)
 

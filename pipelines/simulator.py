@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import orjson
 
-from pipelines.topics import APPLICATIONS, LABELS, SYSTEM_METRICS, TRANSACTIONS
+from pipelines.topics import APPLICATIONS, LABELS, SYSTEM_METRICS, TRANSACTIONS, partition_key
 
 MessageKind = Literal["valid", "malformed", "duplicate", "label"]
 STREAMS: tuple[str, ...] = (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS)
@@ -657,16 +657,15 @@ class _Run:
         label = (0, "genuine") if self.rng.random() < self.cfg.genuine_label_share else None
         return self._tx_message(fields, now_ms, label)
 
-    # stream -> (event id prefix, partition key field)
-    _WIRE = {TRANSACTIONS: ("tx", "card_id"), APPLICATIONS: ("ap", "applicant_id")}
+    _ID_PREFIX = {TRANSACTIONS: "tx", APPLICATIONS: "ap", SYSTEM_METRICS: "mt"}
 
     def _message(
         self, stream: str, fields: dict[str, Any], now_ms: int, label: tuple[int, str] | None
     ) -> SimMessage:
-        prefix, key = self._WIRE[stream]
-        out = {"event_id": self.event_id(prefix), "event_time": self.wire_time(now_ms)}
+        out = {"event_id": self.event_id(self._ID_PREFIX[stream]),
+               "event_time": self.wire_time(now_ms)}
         out.update(fields)
-        return self.emit(stream, fields[key], out, now_ms, label)
+        return self.emit(stream, partition_key(stream, fields), out, now_ms, label)
 
     def _tx_message(self, fields: dict[str, Any], now_ms: int,
                     label: tuple[int, str] | None) -> SimMessage:
@@ -1088,7 +1087,8 @@ class _Run:
             "metric": s.metric,
             "value": value,
         }
-        return self.emit(SYSTEM_METRICS, f"{s.host}/{s.metric}", fields, now_ms, label)
+        return self.emit(SYSTEM_METRICS, partition_key(SYSTEM_METRICS, fields), fields, now_ms,
+                         label)
 
     def _normal_value(self, s: _Series, now_ms: int) -> float:
         rng = self.rng
@@ -1119,13 +1119,9 @@ class _Run:
         rng = self.rng
         if topic == TRANSACTIONS:
             fields = self.genuine_tx_fields()
-            key = fields["card_id"]
-            prefix = "tx"
         elif topic == APPLICATIONS:
             person = self._new_person(now_ms)
             fields = self._app_fields(person, self._product_amount(person))
-            key = fields["applicant_id"]
-            prefix = "ap"
         else:
             s = rng.choice(self.series)
             fields = {
@@ -1134,9 +1130,9 @@ class _Run:
                 "metric": s.metric,
                 "value": self._normal_value(s, now_ms),
             }
-            key = f"{s.host}/{s.metric}"
-            prefix = "mt"
-        d: dict[str, Any] = {"event_id": self.event_id(prefix), "event_time": now_ms, **fields}
+        d: dict[str, Any] = {"event_id": self.event_id(self._ID_PREFIX[topic]),
+                             "event_time": now_ms, **fields}
+        key = partition_key(topic, fields)  # taken before corrupt() may drop the field
         corrupt = rng.choice(_CORRUPTIONS[topic])
         value = corrupt(rng, d, now_ms)
         return SimMessage(topic, key.encode(), value, now_ms, "malformed")

@@ -10,6 +10,23 @@ SYSTEM_METRICS = "system-metrics"
 LABELS = "labels"
 INPUT_TOPICS: tuple[str, ...] = (TRANSACTIONS, APPLICATIONS, SYSTEM_METRICS, LABELS)
 
+# The field of an input event that producers key it by (README, "Producing events"); a
+# metric sample's key is f"{host}/{metric}" (``partition_key``).
+_KEY_FIELD = {TRANSACTIONS: "card_id", APPLICATIONS: "applicant_id", LABELS: "key"}
+
+
+def partition_key(stream: str, event: dict) -> str | None:
+    """The key an event of ``stream`` is produced with, from its fields (wire or validated
+    form): what the simulator keys its messages by, and what the worker's dead-letter records
+    carry, as the gateway's carry the input message's. None when a field is missing."""
+    try:
+        if stream == SYSTEM_METRICS:
+            return f"{event['host']}/{event['metric']}"
+        return event[_KEY_FIELD[stream]]
+    except KeyError:
+        return None
+
+
 DEAD_LETTER = "dead-letter"
 
 # Internal: validated events travel in small batches (a JSON array per message, all events of

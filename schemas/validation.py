@@ -65,25 +65,6 @@ class Rejection:
     event_id: str | None
 
 
-def partition_key(stream: str, event: dict) -> str | None:
-    """The key producers give an event of ``stream`` (README, "Producing events"), read back
-    from its validated form: the worker's dead-letter records carry it, as the gateway's carry
-    the input message's, so a reject can be found by card, applicant or series. None when the
-    event lacks the field (it raised for a reason)."""
-    try:
-        if stream == TRANSACTIONS:
-            return str(event["card_id"])
-        if stream == APPLICATIONS:
-            return str(event["applicant_id"])
-        if stream == SYSTEM_METRICS:
-            return f"{event['host']}/{event['metric']}"
-        if stream == LABELS:
-            return str(event["key"])
-    except (KeyError, TypeError):
-        pass
-    return None
-
-
 def dead_letter_record(*, source_topic: str, source_partition: int | None,
                        source_offset: int | None, key: str | None, kind: str, reason: str,
                        event_id: str | None, original: str, received_at: int) -> dict:

@@ -387,15 +387,3 @@ def test_validated_dict_equals_model_dump(validator, stream):
     model = schemas.validation.MODEL_OF_STREAM[stream].model_validate(event)
     assert check(validator, stream, event) == {**model.model_dump(), "stream": stream}
 
-
-@pytest.mark.parametrize(("stream", "event", "key"), [
-    ("transactions", {"card_id": "c-1"}, "c-1"),
-    ("applications", {"applicant_id": "a-1"}, "a-1"),
-    ("system-metrics", {"host": "web-1", "metric": "cpu"}, "web-1/cpu"),
-    ("labels", {"key": "c-1"}, "c-1"),
-    ("transactions", {}, None),  # a worker reject may lack what it raised on
-])
-def test_partition_key_is_the_key_producers_give_an_event(stream, event, key):
-    from schemas.validation import partition_key
-
-    assert partition_key(stream, event) == key

@@ -23,7 +23,7 @@ import pytest
 
 from pipelines.simulate import default_start_ms, run_simulator
 from pipelines.simulator import SimConfig, SimMessage, Simulator
-from pipelines.topics import APPLICATIONS, LABELS, SYSTEM_METRICS, TRANSACTIONS
+from pipelines.topics import APPLICATIONS, LABELS, SYSTEM_METRICS, TRANSACTIONS, partition_key
 
 # A fixed start keeps the streams, and so the statistics asserted here, the same at every run.
 # Checks of event time take the message's own send time as "now".
@@ -253,6 +253,18 @@ def test_keys_are_the_contract_keys(stream):
         else:
             expected = d["key"]
         assert m.key == expected.encode()
+
+
+@pytest.mark.parametrize(("topic", "event", "key"), [
+    ("transactions", {"card_id": "c-1"}, "c-1"),
+    ("applications", {"applicant_id": "a-1"}, "a-1"),
+    ("system-metrics", {"host": "web-1", "metric": "cpu"}, "web-1/cpu"),
+    ("labels", {"key": "c-1"}, "c-1"),
+    ("transactions", {}, None),  # a worker reject may lack what it raised on
+])
+def test_partition_key_is_the_key_producers_give_an_event(topic, event, key):
+    # what the simulator keys by (above) and the worker's dead-letter records carry
+    assert partition_key(topic, event) == key
 
 
 # --- validity -------------------------------------------------------------------------------
