@@ -1,4 +1,6 @@
 # The riskstream image used by docker-compose.yml: one image, one process per container.
+# python:3.11-slim is CPython built with profile-guided and link-time optimisation, the fast
+# kind (~13 % more events per CPU second than a build without: pipelines/interpreter.py).
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from pipelines import placement
+from pipelines import interpreter, placement
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
 from pipelines.kafka import producer_config
 from pipelines.settings import Settings
@@ -434,6 +434,8 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
                "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": "1", "RISKSTREAM_LOG_LEVEL": "WARNING"}
         result = {"events": events, "bootstrap": "embedded" if broker else "external",
                   "cpus": cpus.describe() if cpus else None,
+                  # every stage runs on this interpreter: two builds of 3.11 differ by ~13 %
+                  "python": interpreter.describe(),
                   "produce_eps": produce_eps, "ceiling_eps": ceiling_eps,
                   "faust_count_eps": faust_eps,
                   **pipeline(bootstrap, events, env, pin, work, load_s, load_eps,
@@ -466,6 +468,7 @@ def report(r: dict) -> str:
     return "\n".join([
         f"riskstream bench: {r['events']:,} mixed events ({r['bootstrap']} broker; "
         f"{r['cpus'] or 'processes not pinned'})",
+        f"  Python {r['python']['version']} ({r['python']['executable']})",
         f"  produce                         {r['produce_eps']:>12,.0f} events/s",
         f"  (2) ceiling: batch consume       {r['ceiling_eps']:>12,.0f} events/s",
         f"  (3) Faust count-only agent       {r['faust_count_eps']:>12,.0f} events/s",
