@@ -33,7 +33,8 @@ REPEATS = 7
 SYSTEM_PLACES = ("/usr/bin/python3.11", "/usr/local/bin/python3.11")
 
 # What an interpreter reports of itself: its real executable (a pyenv or asdf shim is a
-# script that starts another; /bin is /usr/bin on most systems now), whether it is 3.11 and can make a venv with pip.
+# script that starts another; /bin is /usr/bin on most systems now), if it is 3.11 and can
+# make a venv with pip.
 _PROBE = """
 import os, sys
 try:
@@ -108,19 +109,26 @@ def usable(candidates_: list[str]) -> list[str]:
 
 def timings(pythons: list[str], repeats: int = REPEATS) -> dict[str, float]:
     """The best of ``repeats`` runs of the workload, seconds, per interpreter (interleaved:
-    a burst of noise hits all of them alike)."""
+    a burst of noise hits all of them alike); infinite for one that fails to run it."""
     best = dict.fromkeys(pythons, float("inf"))
+    failed: set[str] = set()
     for _ in range(repeats):
         for exe in pythons:
-            out = subprocess.run([exe, "-c", _WORKLOAD], capture_output=True, text=True,
-                                 timeout=120, check=True)
-            best[exe] = min(best[exe], float(out.stdout))
+            if exe in failed:
+                continue
+            try:
+                out = subprocess.run([exe, "-c", _WORKLOAD], capture_output=True, text=True,
+                                     timeout=120, check=True)
+                best[exe] = min(best[exe], float(out.stdout))
+            except (OSError, ValueError, subprocess.SubprocessError):
+                failed.add(exe)
+                best[exe] = float("inf")
     return best
 
 
 def choose(timed: dict[str, float], margin: float = MARGIN) -> str:
     """The first interpreter (a user's own choice, by ``PATH``) unless another is faster by
-    more than ``margin``; then the fastest."""
+    more than ``margin`` (or the first could not run the workload); then the fastest."""
     first = next(iter(timed))
     fastest = min(timed, key=timed.__getitem__)
     return fastest if timed[fastest] < timed[first] * (1.0 - margin) else first

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.interpreter import candidates, choose, main, usable
+from pipelines.interpreter import candidates, choose, main, timings, usable
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "interpreter.py"
 
@@ -24,6 +24,16 @@ def test_the_first_interpreter_is_kept_unless_another_is_clearly_faster() -> Non
     # a profile-optimised build ~13 % faster wins
     assert choose({"/a": 1.00, "/b": 0.87, "/c": 0.90}) == "/b"
     assert choose({"/a": 1.00}) == "/a"
+    # one that could not run the workload (``timings``: infinite) loses to one that could
+    assert choose({"/a": float("inf"), "/b": 1.00}) == "/b"
+
+
+def test_an_interpreter_that_fails_the_workload_is_timed_as_infinitely_slow(tmp_path: Path) -> None:
+    # answers the probe like a real 3.11, then fails on the workload
+    flaky = _fake_python(tmp_path / "bin", "python3.11",
+                         f'case "$2" in *ensurepip*) exec "{sys.executable}" "$@";; esac; exit 1')
+    timed = timings([str(flaky), sys.executable], repeats=2)
+    assert timed[str(flaky)] == float("inf") and 0 < timed[sys.executable] < float("inf")
 
 
 def _fake_python(directory: Path, name: str, body: str) -> Path:
