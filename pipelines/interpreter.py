@@ -139,7 +139,9 @@ def describe() -> dict:
     import platform
     import sysconfig
 
-    return {"version": platform.python_version(), "executable": sys.executable,
+    # the interpreter itself, not a venv's link to it
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    return {"version": platform.python_version(), "executable": base,
             "implementation": platform.python_implementation(),
             "compiler": platform.python_compiler(),
             "configure": sysconfig.get_config_var("CONFIG_ARGS") or ""}
