@@ -1,7 +1,7 @@
 # The two commands: `make up` (install + run on the embedded defaults) and `make test`.
 # Python 3.11: the fastest build of it the machine has (pipelines/interpreter.py: a
-# profile-optimised build runs the worker ~13 % faster than one built without), timed once,
-# when the virtual environment is created. Override: PYTHON=/path/to/python3.11.
+# profile-optimised build scores ~13 % more events per CPU second than one built without),
+# timed once, when the virtual environment is created. Override: PYTHON=/path/to/python3.11.
 PYTHON ?=
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -1,13 +1,14 @@
 """Which Python 3.11 to build the virtual environment on: the fastest one the machine has.
 
-The same code runs ~13 % faster on a profile-guided, link-time-optimised build of CPython
-(Debian's ``/usr/bin/python3.11``, 3.11.2, statically linked; the official ``python:3.11``
-images are built so too) than on one built without them (pyenv's default: 3.11.7, shared
-``libpython``, no PGO or LTO): the scoring path alone, ``RISKSTREAM_CPUS=1 python -m
-pipelines.bench_scoring 60000``, five runs alternating, median 38,247 against 33,596 events
-per CPU second (2026-12-04, pairwise 1.12x-1.24x but one 0.98x); Faust's count-only agent in
-``riskstream bench``, 1.27x and 1.23x. Nothing in a build's ``sysconfig`` says reliably
-whether it was profile-optimised (Debian's does not), so the interpreters are timed instead.
+The same code scores ~13 % more events per CPU second on a profile-guided, link-time-
+optimised build of CPython (Debian's ``/usr/bin/python3.11``, 3.11.2, statically linked; the
+official ``python:3.11`` images are built so too) than on one built without them (pyenv's
+default: 3.11.7, shared ``libpython``, no PGO or LTO): the scoring path alone,
+``RISKSTREAM_CPUS=1 python -m pipelines.bench_scoring 60000``, five runs alternating, median
+38,247 against 33,596 events per CPU second (2026-12-04, pairwise 1.12x-1.24x but one 0.98x);
+the whole worker in ``riskstream bench --events 200000``, ~8 % more events a second; Faust's
+count-only agent, 1.27x and 1.23x. Nothing in a build's ``sysconfig`` says reliably whether it
+was profile-optimised (Debian's does not), so the interpreters are timed instead.
 
 ``python3 pipelines/interpreter.py`` (``make``, before the virtual environment exists) prints
 the chosen interpreter's path; what it timed goes to stderr. Standard library only, and no
