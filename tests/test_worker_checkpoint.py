@@ -179,8 +179,8 @@ class TransactionStream:
 
 
 def committed_offsets(bootstrap: str, partitions: int):
-    """A function that returns the worker's committed input offsets, summed over partitions,
-    and the consumer it reads them with (to close)."""
+    """A function that returns the worker's committed input offsets, summed over partitions
+    (``per_partition``: a list), and the consumer it reads them with (to close)."""
     from confluent_kafka import TopicPartition
 
     from pipelines.topics import VALIDATED
@@ -189,9 +189,17 @@ def committed_offsets(bootstrap: str, partitions: int):
                         "enable.auto.commit": False})
     tps = [TopicPartition(VALIDATED[TRANSACTIONS], p) for p in range(partitions)]
 
-    def committed() -> int:
-        return sum(max(tp.offset, 0) for tp in offsets.committed(tps, timeout=5))
+    def committed(per_partition: bool = False) -> int | list[int]:
+        found = [max(tp.offset, 0) for tp in offsets.committed(tps, timeout=5)]
+        return found if per_partition else sum(found)
     return committed, offsets
+
+
+def recovery_tables(log: str) -> str:
+    """What a worker's log says Faust restored: the changelogs' highwaters and where it read
+    from (for an assertion's message: a failure then says what the restart started from)."""
+    start = log.find("Highwater for active")
+    return log[start:log.find("Recovery complete", start)] if start >= 0 else "(none logged)"
 
 
 @pytest.mark.integration
@@ -370,10 +378,15 @@ def test_a_fault_outside_one_event_stops_the_worker_and_loses_nothing(tmp_path):
         finally:
             code = first.stop()
             stream.stop()
+            at_stop = committed(per_partition=True)
             offsets.close()
         log = first.log()
         assert code == 70, log[-3000:]
         assert "stopping the worker" in log and "injected fault" in log
         assert not trigger.exists()  # the fault fired once
         counted = restart_and_count(broker.bootstrap, env, stream, tmp_path / "worker-2.log")
-        assert counted == stream.sent, (counted, stream.sent)
+        # (seen once in a full suite run, 5,980 of 6,020, not reproduced since: the message
+        # says where the restart began, for whoever sees it next)
+        assert counted == stream.sent, (
+            counted, stream.sent, f"committed at the first worker's stop: {at_stop}",
+            recovery_tables((tmp_path / "worker-2.log").read_text(errors="replace")))
