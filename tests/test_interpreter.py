@@ -17,6 +17,14 @@ from pipelines.interpreter import candidates, choose, main, timings, usable
 SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "interpreter.py"
 
 
+def _fake_python(directory: Path, name: str, body: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
 def test_the_first_interpreter_is_kept_unless_another_is_clearly_faster() -> None:
     # the first is the one on PATH: a user's own choice stands against noise
     assert choose({"/a": 1.00, "/b": 0.97}) == "/a"
@@ -34,14 +42,6 @@ def test_an_interpreter_that_fails_the_workload_is_timed_as_infinitely_slow(tmp_
                          f'case "$2" in *ensurepip*) exec "{sys.executable}" "$@";; esac; exit 1')
     timed = timings([str(flaky), sys.executable], repeats=2)
     assert timed[str(flaky)] == float("inf") and 0 < timed[sys.executable] < float("inf")
-
-
-def _fake_python(directory: Path, name: str, body: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(f"#!/bin/sh\n{body}\n")
-    path.chmod(0o755)
-    return path
 
 
 def test_candidates_are_every_python3_11_on_path_in_order(tmp_path: Path) -> None:
@@ -77,6 +77,26 @@ def test_the_script_names_a_usable_python_3_11() -> None:
         assert f"{chosen}: " in run.stderr
 
 
+def _timed_python(directory: Path, seconds: float) -> Path:
+    """A stand-in for a Python 3.11 build: it passes the probe as its own real executable and
+    "runs" the workload in ``seconds``."""
+    return _fake_python(directory, "python3.11",
+                        f'case "$2" in *ensurepip*) echo "$0";; *) echo {seconds};; esac')
+
+
+def test_the_script_builds_on_the_faster_python_and_says_so(tmp_path: Path, capsys) -> None:
+    slow = _timed_python(tmp_path / "slow", 0.0146)  # first on PATH, as pyenv's shims are
+    fast = _timed_python(tmp_path / "fast", 0.0116)
+    assert main(path=f"{slow.parent}{os.pathsep}{fast.parent}", places=()) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == str(fast)
+    assert f"{fast}: 11.6 ms  <- chosen" in out.err and f"{slow}: 14.6 ms" in out.err
+    # within the margin, the first on PATH stands
+    close = _timed_python(tmp_path / "close", 0.0142)
+    assert main(path=f"{slow.parent}{os.pathsep}{close.parent}", places=()) == 0
+    assert capsys.readouterr().out.strip() == str(slow)
+
+
 def test_no_python_3_11_is_an_error_that_says_what_to_do(tmp_path: Path, capsys) -> None:
     lone = _fake_python(tmp_path / "bin", "python3.11", "exit 1")
     assert main(path=str(lone.parent), places=()) == 1
@@ -101,7 +121,11 @@ def _base_of(venv_python: Path) -> str:
 def test_make_builds_the_venv_on_the_chosen_python(tmp_path: Path) -> None:
     run = _make_venv(tmp_path)
     assert "choosing the fastest Python 3.11" in run.stdout
-    assert _base_of(tmp_path / ".venv" / "bin" / "python") in usable(candidates())
+    # the venv is built on what the script printed: a real executable (never a shim on PATH)
+    used = next(line.split(" -m venv ")[0] for line in run.stdout.splitlines()
+                if line.endswith(" -m venv .venv"))
+    assert used == os.path.realpath(used) and used in usable(candidates())
+    assert _base_of(tmp_path / ".venv" / "bin" / "python") == used
 
 
 def test_make_takes_the_python_it_is_given(tmp_path: Path) -> None:
