@@ -42,11 +42,15 @@ class WindowAggregator:
 
     def add(self, group_key: str, event_ms: int, value: float, score: float) -> bool:
         """Add one event; False when it is late (its window already closed)."""
-        start = event_ms - event_ms % self.window_size_ms
-        if start + self.window_size_ms <= self.watermark_ms:
+        # (per event: conditionals, not min/max calls; the watermark property inlined)
+        size = self.window_size_ms
+        start = event_ms - event_ms % size
+        clock = self._max_event_ms
+        if start + size <= clock - self.grace_ms:
             self.late += 1
             return False
-        self._max_event_ms = max(self._max_event_ms, event_ms)
+        if event_ms > clock:
+            self._max_event_ms = event_ms
         groups = self._windows.get(start)
         if groups is None:
             groups = self._windows[start] = {}
@@ -57,10 +61,13 @@ class WindowAggregator:
         else:
             w[0] += 1
             w[1] += value
-            w[2] = min(w[2], value)
-            w[3] = max(w[3], value)
+            if value < w[2]:
+                w[2] = value
+            if value > w[3]:
+                w[3] = value
             w[4] += score
-            w[5] = max(w[5], score)
+            if score > w[5]:
+                w[5] = score
             w[6] += flagged
         return True
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import operator
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -98,6 +100,27 @@ def quantile_of(hist: dict[str, int], q: float) -> float | None:
     return None
 
 
+# ``Rule.compare``'s operators, but "in": called with the observed value first
+_OPS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge,
+        "<": operator.lt, "<=": operator.le}
+
+
+class _Plan(NamedTuple):
+    """What ``AlertEngine.observe`` reads of a rule for every record."""
+
+    rule: Rule
+    where: bool                             # it looks at some records only (``selects``)
+    op: Callable[[Any, Any], bool] | None  # threshold: the comparison (None: ``compare``)
+    group: tuple[str, ...]                  # rate, quantile: the columns of a group
+    size: int                               # rate, quantile: the bucket (0: threshold)
+
+    @classmethod
+    def of(cls, rule: Rule) -> _Plan:
+        window = rule.kind != "threshold"
+        return cls(rule, bool(rule.where), _OPS.get(rule.op), rule.group,
+                   rule.bucket_ms if window else 0)
+
+
 class AlertEngine:
     """Evaluate a rule set on scored records; return alert records to publish.
 
@@ -143,6 +166,9 @@ class AlertEngine:
         self._by_stream: dict[str, list[Rule]] = {}
         for rule in rules.rules:
             self._by_stream.setdefault(rule.stream, []).append(rule)
+        # per stream, what ``observe`` needs of each rule, read once here and not per record
+        self._plans = {stream: tuple(_Plan.of(rule) for rule in stream_rules)
+                       for stream, stream_rules in self._by_stream.items()}
         self._by_name = {r.name: r for r in rules.rules}
         self.lifecycle.inhibit = rules.inhibit
         self.lifecycle.forget_rules(set(self._by_name))
@@ -159,32 +185,50 @@ class AlertEngine:
         """One scored record: threshold rules fire now; rate and quantile rules count it."""
         t = record["event_time"]
         self._stream_of[slice_] = stream
-        if t > self._max_event.get(slice_, -1):
-            self._max_event[slice_] = t
+        clock = self._max_event.get(slice_, -1)
+        if t > clock:
+            self._max_event[slice_] = clock = t
         out: list[dict] = []
-        for rule in self._by_stream.get(stream, ()):
-            if not rule.selects(record):
+        get = record.get
+        for plan in self._plans.get(stream, ()):  # per record and rule: the hot path
+            rule, where, op, _, size = plan
+            if where and not rule.selects(record):
                 continue
-            if rule.kind == "threshold":
-                observed = record.get(rule.field)
-                if rule.compare(observed):
-                    alert = self._threshold_alert(rule, record, entity, observed, created_at_ms)
-                    out += self.lifecycle.activate(
-                        f"{rule.name}|{entity}", t, alert, stream=stream,
-                        resolve_after_ms=rule.resolve_after_ms, cooldown_ms=rule.cooldown_ms,
-                        slice_=slice_)
+            if size:
+                self._count(plan, record, t, slice_, clock)
+                continue
+            observed = get(rule.field)
+            if observed is None:
+                continue
+            if op is None:
+                hit = rule.compare(observed)
             else:
-                self._count(rule, record, t, slice_)
+                try:
+                    hit = op(observed, rule.value)
+                except TypeError:  # as ``Rule.compare``: a value of another type never holds
+                    hit = False
+            if hit:
+                alert = self._threshold_alert(rule, record, entity, observed, created_at_ms)
+                out += self.lifecycle.activate(
+                    f"{rule.name}|{entity}", t, alert, stream=stream,
+                    resolve_after_ms=rule.resolve_after_ms, cooldown_ms=rule.cooldown_ms,
+                    slice_=slice_)
         return out
 
-    def _count(self, rule: Rule, record: dict, t: int, slice_: str) -> None:
-        # Per record and rule: lookups before inserts, no throwaway dicts.
-        group = ("/".join([str(record.get(c)) for c in rule.group]) if rule.group else "") or "all"
+    def _count(self, plan: _Plan, record: dict, t: int, slice_: str, clock: int) -> None:
+        # Per record and rule: lookups before inserts, no throwaway dicts. ``clock``: the
+        # largest event time of the slice.
+        rule, _, _, columns, size = plan
+        if not columns:
+            group = "all"
+        elif len(columns) == 1:
+            group = str(record.get(columns[0])) or "all"
+        else:
+            group = "/".join([str(record.get(c)) for c in columns]) or "all"
         key = (rule.name, group)
         slices = self._buckets.get(key)
         if slices is None and len(self._buckets) >= self.max_groups:
             return
-        size = rule.bucket_ms
         start = t - t % size
         done = self._evaluated.get(key)
         if done is not None and start + size <= done:
@@ -194,7 +238,7 @@ class AlertEngine:
         buckets = slices.get(slice_)
         if buckets is None:
             buckets = slices[slice_] = {}
-        if start + size <= self._max_event[slice_] - self.grace_ms:
+        if start + size <= clock - self.grace_ms:
             # A late record whose window may already be due: the next tick looks at this
             # group. On-time records need no look until the watermark enters a new window.
             touched = self._touched.get(rule.name)

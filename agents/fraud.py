@@ -281,7 +281,9 @@ class _Scorer:
         """``_learn_context`` of a pending entry's label context."""
         self._learn_context(self._context_of(entry), event_time, label, known_at, score)
 
-    def _cold_reasons(self, x: dict[str, float]) -> list[str]:  # pragma: no cover
+    def _cold_reasons(self, v: list[float]) -> list[str]:  # pragma: no cover
+        """Reason codes from the feature values ``v`` (``feature_names`` order) alone, before
+        the classifier has learned."""
         raise NotImplementedError
 
     # --------------------------------------------------------------------------- scoring
@@ -339,7 +341,7 @@ class _Scorer:
             reasons = self._reasons(contrib)
         else:
             score = calibrated(rank, share=self.alert_share, at=self.decline_at)
-            reasons = self._cold_reasons(dict(zip(self._names, v)))
+            reasons = self._cold_reasons(v)
         event_id = event["event_id"]
         if event_id not in self._pending:
             self._expiry.append(t, event_id)
@@ -1029,6 +1031,9 @@ class TransactionScorer(_Scorer):
         self._view_of = itemgetter(*(n.index(k) for k in (
             "amount_log", "amount_z", "gap_log", "new_country", "new_device", "merchants_1h",
             "card_n_1h")))
+        self._cold_of = itemgetter(*(n.index(k) for k in (
+            "new_country", "new_device", "gap_log", "amount_z", "merchant_risk_7d",
+            "card_fraud_recent", "declined")))
 
     _detector_keys = ("amount", "amount_z", "burst", "new_country", "new_device",
                       "merchants_1h", "velocity_1h")
@@ -1114,13 +1119,16 @@ class TransactionScorer(_Scorer):
         self._features.learn_label(ids[:n] if label else None, ids[n:], event_time, amount,
                                    label, known_at, score)
 
-    def _cold_reasons(self, x: dict[str, float]) -> list[str]:
-        flags = [(x["new_country"] > 0, "new_country"), (x["new_device"] > 0, "new_device"),
-                 (x["gap_log"] < 4.1, "rapid_repeat"),            # under a minute
-                 (x["amount_z"] > 3.0, "amount_unusual_for_card"),
-                 (x["merchant_risk_7d"] > 0.2, "merchant_fraud_risk"),
-                 (x["card_fraud_recent"] > 0, "card_recent_fraud"),
-                 (x["declined"] > 0, "declined")]
+    def _cold_reasons(self, v: list[float]) -> list[str]:
+        # (read by position: a dict of the 62 features per event cost more than the rest)
+        new_country, new_device, gap_log, amount_z, risk_7d, fraud_recent, declined = \
+            self._cold_of(v)
+        flags = [(new_country > 0, "new_country"), (new_device > 0, "new_device"),
+                 (gap_log < 4.1, "rapid_repeat"),            # under a minute
+                 (amount_z > 3.0, "amount_unusual_for_card"),
+                 (risk_7d > 0.2, "merchant_fraud_risk"),
+                 (fraud_recent > 0, "card_recent_fraud"),
+                 (declined > 0, "declined")]
         return [name for on, name in flags if on][:self.n_reasons]
 
 
@@ -1150,8 +1158,8 @@ class ApplicationScorer(_Scorer):
                        known_at: int, score: float) -> None:
         self._features.learn_label(context, label, known_at)
 
-    def _cold_reasons(self, x: dict[str, float]) -> list[str]:
-        return self._features.cold_reasons(x)[:self.n_reasons]
+    def _cold_reasons(self, v: list[float]) -> list[str]:
+        return self._features.cold_reasons(dict(zip(self._names, v)))[:self.n_reasons]
 
 
 __all__ = ["DAY_MS", "STATE_VERSION", "ApplicationScorer", "TransactionScorer"]

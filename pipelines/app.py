@@ -478,7 +478,10 @@ class Pipeline:
         validated event the code cannot score would otherwise stop the worker at every replay.
         """
         now = _now_ms()
-        send, alert, add = self.outputs.send, self._alert, agg.add
+        send, add = self.outputs.send, agg.add
+        # ``_alert`` inlined: most records fire nothing
+        observe_alerts, send_alerts, slice_ = (self.alerts.observe, self._send_alerts,
+                                               self._alert_slice)
         scores: list[float] = []
         observe = scores.append  # into the score histogram at the end (``observe_many``)
         decisions: Counter[str] = Counter()
@@ -496,7 +499,8 @@ class Pipeline:
                     send(topic, event[entity], _strip(record))
                     late += not add(event[group], event["event_time"], event[value],
                                     record["score"])
-                    alert(stream, record, event[entity], now)
+                    if fired := observe_alerts(stream, record, event[entity], now, slice_):
+                        send_alerts(fired)
                 except Exception as exc:  # one event the code cannot score: not the batch
                     self._dead_letter(stream, event, "scoring", exc, partition, offset)
                     not_scored += 1
@@ -513,7 +517,8 @@ class Pipeline:
                     if record["score"] >= self.anomaly_threshold:
                         send(METRIC_ANOMALIES, series, record)
                     late += not add(series, event["event_time"], event["value"], record["score"])
-                    alert(stream, record, series, now)
+                    if fired := observe_alerts(stream, record, series, now, slice_):
+                        send_alerts(fired)
                 except Exception as exc:
                     self._dead_letter(stream, event, "scoring", exc, partition, offset)
                     not_scored += 1

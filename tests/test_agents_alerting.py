@@ -479,3 +479,26 @@ def test_the_lifecycle_skips_its_walk_only_when_the_full_walk_would_change_nothi
         assert fast.to_state("a:0") == walking.to_state("a:0")
         assert fast.to_state("b:0") == walking.to_state("b:0")
     assert notified > 100  # the walk did resolve and release things
+
+
+def test_a_threshold_rule_fires_exactly_when_its_comparison_holds_for_every_operator_and_type():
+    # observe() compares with the operator itself, not ``Rule.compare``: the two must agree,
+    # a value of another type (a string against a number) included, which never fires
+    ops = ("==", "!=", ">", ">=", "<", "<=", "in")
+    thresholds = {"in": ["decline", "review"], "==": "decline"}
+    observed_values = (None, 0.5, 0.9, 1, True, "decline", "approve", ["decline"])
+    for op in ops:
+        value = thresholds.get(op, 0.9)
+        field = "decision" if isinstance(thresholds.get(op), str | list) else "score"
+        rules = parse_rules(f"""
+rules:
+  - {{name: r, kind: threshold, stream: transactions, field: {field}, op: "{op}",
+     value: {orjson.dumps(value).decode()}}}
+""")
+        e = AlertEngine(rules, grace_ms=0)
+        rule = rules.rules[0]
+        for i, observed in enumerate(observed_values):
+            record = {**txn(i, t=T0 + i, card=f"c{i}"), field: observed}
+            fired = e.observe("transactions", record, f"c{i}", 0)
+            assert bool(fired) == rule.compare(observed), (op, value, observed)
+        assert any(rule.compare(v) for v in observed_values), op  # each op fires on something

@@ -83,12 +83,14 @@ def test_windows_close_on_the_watermark_and_late_events_are_counted():
     base = T0 - T0 % 60_000
     assert agg.add("m1", base + 1_000, 10.0, 0.1)
     assert agg.add("m1", base + 2_000, 30.0, 0.95)
+    assert agg.add("m1", base + 2_500, 4.0, 0.5)
     assert agg.add("m2", base + 3_000, 5.0, 0.2)
     assert agg.pop_closed(0) == []                       # the window is still open
     assert agg.add("m1", base + 71_000, 1.0, 0.0)         # watermark passes the first window
     closed = {w["group_key"]: w for w in agg.pop_closed(0)}
-    assert closed["m1"]["count"] == 2 and closed["m1"]["sum"] == 40.0
-    assert closed["m1"]["flagged"] == 1 and closed["m1"]["max"] == 30.0
+    assert closed["m1"]["count"] == 3 and closed["m1"]["sum"] == 44.0
+    assert closed["m1"]["min"] == 4.0 and closed["m1"]["max"] == 30.0
+    assert closed["m1"]["flagged"] == 1 and closed["m1"]["score_max"] == 0.95
     assert closed["m2"]["count"] == 1
     assert not agg.add("m1", base + 5_000, 1.0, 0.0)     # late: its window already closed
     assert agg.late == 1
