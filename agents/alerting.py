@@ -25,10 +25,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-import operator
 import urllib.parse
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import orjson
 
@@ -100,24 +99,18 @@ def quantile_of(hist: dict[str, int], q: float) -> float | None:
     return None
 
 
-# ``Rule.compare``'s operators, but "in": called with the observed value first
-_OPS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge,
-        "<": operator.lt, "<=": operator.le}
-
-
 class _Plan(NamedTuple):
     """What ``AlertEngine.observe`` reads of a rule for every record."""
 
     rule: Rule
     where: bool                             # it looks at some records only (``selects``)
-    op: Callable[[Any, Any], bool] | None  # threshold: the comparison (None: ``compare``)
     group: tuple[str, ...]                  # rate, quantile: the columns of a group
     size: int                               # rate, quantile: the bucket (0: threshold)
 
     @classmethod
     def of(cls, rule: Rule) -> _Plan:
         window = rule.kind != "threshold"
-        return cls(rule, bool(rule.where), _OPS.get(rule.op), rule.group,
+        return cls(rule, bool(rule.where), rule.group,
                    rule.bucket_ms if window else 0)
 
 
@@ -191,23 +184,14 @@ class AlertEngine:
         out: list[dict] = []
         get = record.get
         for plan in self._plans.get(stream, ()):  # per record and rule: the hot path
-            rule, where, op, _, size = plan
+            rule, where, _, size = plan
             if where and not rule.selects(record):
                 continue
             if size:
                 self._count(plan, record, t, slice_, clock)
                 continue
             observed = get(rule.field)
-            if observed is None:
-                continue
-            if op is None:
-                hit = rule.compare(observed)
-            else:
-                try:
-                    hit = op(observed, rule.value)
-                except TypeError:  # as ``Rule.compare``: a value of another type never holds
-                    hit = False
-            if hit:
+            if rule.compare(observed):
                 alert = self._threshold_alert(rule, record, entity, observed, created_at_ms)
                 out += self.lifecycle.activate(
                     f"{rule.name}|{entity}", t, alert, stream=stream,
@@ -218,7 +202,7 @@ class AlertEngine:
     def _count(self, plan: _Plan, record: dict, t: int, slice_: str, clock: int) -> None:
         # Per record and rule: lookups before inserts, no throwaway dicts. ``clock``: the
         # largest event time of the slice.
-        rule, _, _, columns, size = plan
+        rule, _, columns, size = plan
         if not columns:
             group = "all"
         elif len(columns) == 1:

@@ -47,6 +47,7 @@ agents.rules.RulesInvalid: <rules>:3: rules[0] (x): kind: expected one of quanti
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from dataclasses import field as _field
@@ -99,6 +100,13 @@ def parse_duration_ms(text: Any) -> int:
     return int(float(found.group(1)) * _UNIT_MS[found.group(2)])
 
 
+# A threshold's operators, each called as ``op(observed, value)`` (a table: a rule is compared
+# for every scored record)
+COMPARISONS = {"in": lambda observed, value: observed in value, "==": operator.eq,
+               "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt,
+               "<=": operator.le}
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -139,24 +147,11 @@ class Rule:
         return True
 
     def compare(self, observed: Any) -> bool:
+        """``observed op value``; False for None and for a value of another type."""
         if observed is None:
             return False
-        v = self.value
-        op = self.op
         try:
-            if op == "in":
-                return observed in v
-            if op == "==":
-                return observed == v
-            if op == "!=":
-                return observed != v
-            if op == ">":
-                return observed > v
-            if op == ">=":
-                return observed >= v
-            if op == "<":
-                return observed < v
-            return observed <= v
+            return COMPARISONS[self.op](observed, self.value)
         except TypeError:
             return False
 

@@ -502,3 +502,15 @@ rules:
             fired = e.observe("transactions", record, f"c{i}", 0)
             assert bool(fired) == rule.compare(observed), (op, value, observed)
         assert any(rule.compare(v) for v in observed_values), op  # each op fires on something
+    # and the comparisons themselves, written out
+    expected = {(">", 0.9): False, (">=", 0.9): True, (">", 1): True, ("<", 0.5): True,
+                ("<=", 0.9): True, ("!=", 0.5): True, (">", "decline"): False,
+                ("<", None): False, ("==", "decline"): True, ("in", "approve"): False}
+    for (op, observed), fires in expected.items():
+        value = thresholds.get(op, 0.9)
+        rule = parse_rules(f"""
+rules:
+  - {{name: r, kind: threshold, stream: transactions, field: score, op: "{op}",
+     value: {orjson.dumps(value).decode()}}}
+""").rules[0]
+        assert rule.compare(observed) is fires, (op, observed)
