@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -292,7 +292,8 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
     """
     # The load is generated before it is offered (the simulator makes ~22,000 events/s on a
     # core: generating while offering would take ~40 % of a core from the pipeline at 8,000/s
-    # and send events late), then moved to start now: only "event_time" changes.
+    # and send events late), then moved to start now as it is sent (``offer``): only
+    # "event_time" changes.
     load = generate(int(rate_eps * load_s), seed=2, rate_eps=rate_eps)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-lat-{time.time()}",
                          "auto.offset.reset": "latest", "enable.auto.commit": False,
@@ -300,8 +301,9 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
     consumer.subscribe([*SCORED_TOPICS, *FORWARDED_TOPICS])
     while not consumer.assignment():  # join before producing: "latest" means from now
         consumer.poll(0.2)
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": LOAD_LINGER_MS}))
+    producer.list_topics(timeout=10)  # connected before the load's clock starts
     load_start_ms = int(time.time() * 1000) + 100
-    load = list(_shift(load, load_start_ms - load[0][3])) if load else []
     scored: list[float] = []
     forwarded: list[float] = []  # event time -> the gateway produced it validated
     produced: list[float] = []  # event time -> the worker produced its scored record
@@ -327,15 +329,12 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": LOAD_LINGER_MS}))
-    send_lag: list[float] = []
-    for topic, key, value, t in load:
-        delay_ms = t - time.time() * 1000
-        if delay_ms > 1:
-            time.sleep(min(delay_ms, 1000) / 1000)
+
+    def send(topic: str, key: bytes, value: bytes) -> None:
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
-        send_lag.append(time.time() * 1000 - t)
+
+    send_lag = offer(load, load_start_ms, send)
     producer.flush(30)
     # The tail of the load: read until nothing new arrives for 3 s (at most 120 s), so the
     # slowest events are measured rather than left out.
@@ -351,6 +350,27 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
     return {"scored": scored, "lake": _lake_latencies(lake, load_start_ms),
             "send_lag": send_lag, "offered": offered,
             "stages": {"gateway_produced": forwarded, "worker_produced": produced}}
+
+
+def offer(load: list[tuple[str, bytes, bytes, int]], start_ms: int,
+          send: Callable[[str, bytes, bytes], None], *,
+          clock: Callable[[], float] = time.time,
+          sleep: Callable[[float], None] = time.sleep) -> list[float]:
+    """Send each message of ``load`` when the wall clock (``clock``, seconds) reaches its event
+    time moved so that the first is at ``start_ms``; return how late each was sent (ms).
+
+    Each message is moved as it is sent, not all before: moving ~150,000 took ~170 ms, after
+    the start was fixed, and the load's first ~2,000 events went out up to ~170 ms late, at
+    once: ~1.4 % of the events, the p99 of every latency measured (runs of 2026-12-05)."""
+    send_lag: list[float] = []
+    if not load:
+        return send_lag
+    for topic, key, value, t in _shift(load, start_ms - load[0][3]):
+        while (delay_ms := t - clock() * 1000) > 1:
+            sleep(min(delay_ms, 1000) / 1000)
+        send(topic, key, value)
+        send_lag.append(clock() * 1000 - t)
+    return send_lag
 
 
 def _shift(messages: list[tuple[str, bytes, bytes, int]], delta_ms: int

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipelines.bench import _shift
+from pipelines.bench import _shift, offer
 
 
 def test_shift_moves_an_iso_event_time_too() -> None:
@@ -35,6 +35,29 @@ def test_shift_moves_only_the_event_time() -> None:
     assert (topic, key, t) == ("labels", b"k", 1_790_000_001_123)
     assert orjson.loads(moved) == {"event_id": "l-1", "event_time": 1_790_000_001_123,
                                    "labelled_event_time": 1_790_000_000_123, "amount": 5.0}
+
+
+def test_the_load_is_sent_on_its_moved_times_and_never_early() -> None:
+    """Each message goes out when the clock reaches its event time moved to the start, with
+    that time in its payload; the lag is measured against the moved time."""
+    load = [("transactions", b"k%d" % i, orjson.dumps({"event_id": f"t-{i}", "event_time": t}),
+             t) for i, t in enumerate((5_000, 5_000, 5_250, 7_000))]
+    now = [1_000.0]  # seconds
+    sent: list[tuple[float, str, bytes, int]] = []
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    def send(topic: str, key: bytes, value: bytes) -> None:
+        sent.append((now[0] * 1000, topic, key, orjson.loads(value)["event_time"]))
+        now[0] += 0.0005  # sending takes 0.5 ms
+
+    lag = offer(load, 1_000_100, send, clock=lambda: now[0], sleep=sleep)
+    assert [(key, t) for _, _, key, t in sent] == [
+        (b"k0", 1_000_100), (b"k1", 1_000_100), (b"k2", 1_000_350), (b"k3", 1_002_100)]
+    assert all(at >= t - 1 for at, _, _, t in sent)  # never more than 1 ms early
+    assert lag == pytest.approx([0.5, 1.0, 0.5, 0.5])
+    assert offer([], 0, send) == []
 
 
 @pytest.mark.integration
