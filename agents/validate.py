@@ -93,7 +93,8 @@ class Gateway:
         self.validator = Validator(settings.validation, settings.pii)
         self.dedup = Deduplicator(settings.validation.dedup_ttl_s * 1000)
         self.batch_events = settings.validation.batch_events
-        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 10}))
+        self._producer = Producer(producer_config(
+            bootstrap, **{"linger.ms": settings.kafka.gateway_linger_ms}))
         self._consumer = Consumer(consumer_config(settings.kafka, bootstrap, group_id,
                                                   scoring_path=True))
         # (input topic, partition) -> last input offset already forwarded (from `src` headers)

@@ -45,6 +45,11 @@ class KafkaSettings(BaseSettings):
     # Ten output topics fan out into many partition batches, and Tansu's cost is per batch
     # it holds (pipelines/broker.py: every fetch lists a partition's stored batches).
     output_linger_ms: int = Field(25, ge=0)
+    # The same for the validation gateway. It already batches: one message per input
+    # partition per read (``consume_wait_s``), all produced within microseconds at the end of
+    # the read, so 1 ms gathers a read's messages into one request and a longer linger only
+    # holds every event that much longer (the next read's messages come ~20 ms later).
+    gateway_linger_ms: int = Field(1, ge=0)
     # The worker checkpoints its window and alert state (Faust tables), and the gateway
     # commits its input offsets, at most this often, each after its outputs so far are
     # acknowledged. A worker crash replays at most this much of outputs again (at-least-once;
