@@ -654,10 +654,9 @@ def quality_record(stream: str, role: str, scorer: Any, now_ms: int) -> dict:
 
 
 GC_THRESHOLDS = (10_000, 10, 100)
-SWITCH_INTERVAL_S = 0.001
 
 
-def _tune_interpreter() -> None:
+def _tune_interpreter(switch_interval_ms: float) -> None:
     """Keep the collector's pauses, and the GIL's hand-offs, out of the latency.
 
     The scorers hold many long-lived objects, and a full collection walks all of them: with
@@ -666,17 +665,16 @@ def _tune_interpreter() -> None:
     models) are frozen out of collection, and the generations are collected every 10,000
     allocations and 10 and 100 collections: full collections ~140x rarer, the longest pause
     24 ms in the same run. Cyclic garbage is still collected, later.
+
+    The GIL is handed over every ``switch_interval_ms`` (``ServiceSettings``, 1 ms; Python's
+    default is 5): while the main thread scores, Faust's consumer thread (aiokafka reads,
+    parses and hands over every fetch answer in Python) waits for the GIL up to that long,
+    several times per batch on the batch's way to the agent, and the output-deliveries
+    thread once per poll.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    # The GIL: the main thread scores while Faust's consumer thread (aiokafka: every fetch
-    # answer is read, parsed and handed over in Python) and the output deliveries wait for
-    # it, each time up to the switch interval (Python's default 5 ms), several times per
-    # batch on its way to the agent. At 1 ms: six alternating pairs of ``riskstream bench
-    # --events 200000 --load-seconds 10``, scored p99 on a fresh broker median 227 against
-    # 249 ms (worst 256 against 383), after the backlog 265 against 284 (worst 299 against
-    # 434), the backlog's rate the same (23,650 against 23,723 events/s; README, Speed).
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    sys.setswitchinterval(switch_interval_ms / 1000)
 
 
 def _fetch_wait_consumer(fetch_wait_ms: int, fetch_min_bytes: int) -> type:
@@ -1011,7 +1009,7 @@ def build_app(settings: Settings, bootstrap: str, *, run_gateway: bool = True) -
     @app.task
     async def _started() -> None:
         outputs.start(asyncio.get_running_loop())
-        _tune_interpreter()
+        _tune_interpreter(settings.service.worker_switch_interval_ms)
 
     for stream in SCORED_STREAMS.values():
         scoring_agent(stream)

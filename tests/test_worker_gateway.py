@@ -92,6 +92,41 @@ def test_fausts_consumer_fetches_with_our_wait_and_size(tmp_path, monkeypatch):
 
 
 
+def test_the_gateway_produces_with_its_own_linger(monkeypatch):
+    # It batches by its read already: a linger only holds every event (README, Speed), so it
+    # is 1 ms, not the 10 ms of the other producers, and the setting reaches the client.
+    import agents.validate as validate
+
+    configs: list[dict] = []
+    real = validate.Producer
+    monkeypatch.setattr(validate, "Producer", lambda config: configs.append(config) or real(config))
+    with EmbeddedBroker() as broker:
+        for env, expected in ((None, 1), ("7", 7)):
+            if env is not None:
+                monkeypatch.setenv("RISKSTREAM_KAFKA_GATEWAY_LINGER_MS", env)
+            gateway = Gateway(Settings(), broker.bootstrap)
+            gateway._consumer.close()
+            assert configs[-1]["linger.ms"] == expected
+
+
+def test_the_worker_hands_the_gil_over_every_millisecond():
+    # The consumer thread waits for the GIL up to the switch interval while the main thread
+    # scores (pipelines/app.py ``_tune_interpreter``). In a process of its own: the tuning
+    # also freezes the collector.
+    import subprocess
+    import sys
+
+    code = ("import gc, sys; from pipelines.app import GC_THRESHOLDS, _tune_interpreter; "
+            "from pipelines.settings import Settings; "
+            "_tune_interpreter(Settings().service.worker_switch_interval_ms); "
+            "print(sys.getswitchinterval(), gc.get_threshold() == GC_THRESHOLDS)")
+    for env, expected in (({}, "0.001 True"), ({"RISKSTREAM_WORKER_SWITCH_INTERVAL_MS": "2.5"},
+                                               "0.0025 True")):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.split("\n")[-2] == expected, out.stderr
+
+
 def test_the_gateway_counts_what_it_read_and_accepted_per_stream():
     # Counted per batch (agents/validate.py): read = every input message, accepted = those
     # forwarded, the rest dead-lettered by kind; one batch of real messages from the broker.
