@@ -95,7 +95,7 @@ def test_fausts_consumer_fetches_with_our_wait_and_size(tmp_path, monkeypatch):
 def test_the_gateway_produces_with_its_own_linger(monkeypatch):
     # It batches by its read already: a linger only holds every event (README, Speed), so it
     # is 1 ms, not the 10 ms of the other producers, and the setting reaches the client.
-    import agents.validate as validate
+    from agents import validate
 
     configs: list[dict] = []
     real = validate.Producer
