@@ -29,8 +29,12 @@ class KafkaSettings(BaseSettings):
     consume_wait_s: float = Field(0.02, gt=0)
     # How long a fetch waits on the broker for data, on the scoring path (gateway, worker).
     # Tansu does not answer a waiting fetch when data arrives: every hop then costs up to
-    # this long (measured: 500 ms -> ~200 ms per hop, 10 ms -> ~3 ms). Kafka answers at once.
-    fetch_wait_ms: int = Field(10, ge=1)
+    # this long (measured: 500 ms -> ~200 ms per hop, 10 ms -> ~3 ms). Kafka answers once
+    # `fetch_min_bytes` are there, which a half-loaded scoring path often does not fill. 5 ms
+    # against 10, three alternating pairs of `riskstream bench --events 200000 --load-seconds
+    # 10`: scored p99 lower in each (after the backlog 290 -> 235 ms median, fresh broker 268
+    # -> 219), for ~8 % more of a core in an idle embedded broker (18 -> 26 %; README, Speed).
+    fetch_wait_ms: int = Field(5, ge=1)
     # The same for the consumers off the scoring path (sink, loader, dispatcher): every
     # idle fetch costs the broker CPU (Tansu: ~16 % of a core for the sink at 10 ms), and
     # their own batching (flush intervals) dwarfs this wait.
