@@ -229,11 +229,8 @@ class ServiceSettings(BaseSettings):
     # The CPUs this process runs on (`1`, `0,2-3`); unset: wherever the OS puts it.
     cpus: str | None = None
     # How often the worker's interpreter hands the GIL between its threads (Python's default:
-    # 5 ms). Its consumer thread waits up to this long, several times per batch, while the
-    # main thread scores. Six alternating pairs of `riskstream bench --events 200000
-    # --load-seconds 10` at 1 ms against 5: scored p99 on a fresh broker median 227 against
-    # 249 ms (worst 256 against 383), after the backlog 265 against 284 (worst 299 against
-    # 434), the backlog's rate the same (README, Speed).
+    # 5 ms); why, in pipelines/app.py `_tune_interpreter`; measured in README, Speed ("Three
+    # hand-offs shortened": scored p99 on a fresh broker median 249 -> 227 ms at 1 ms).
     worker_switch_interval_ms: float = Field(1.0, gt=0)
 
 

@@ -109,22 +109,28 @@ def test_the_gateway_produces_with_its_own_linger(monkeypatch):
             assert configs[-1]["linger.ms"] == expected
 
 
-def test_the_worker_hands_the_gil_over_every_millisecond():
+def test_the_worker_hands_the_gil_over_every_millisecond(tmp_path):
     # The consumer thread waits for the GIL up to the switch interval while the main thread
-    # scores (pipelines/app.py ``_tune_interpreter``). In a process of its own: the tuning
-    # also freezes the collector.
+    # scores (pipelines/app.py ``_tune_interpreter``). The worker's own start-up task runs, in
+    # a process of its own: the tuning also freezes the collector.
     import subprocess
     import sys
 
-    code = ("import gc, sys; from pipelines.app import GC_THRESHOLDS, _tune_interpreter; "
+    code = ("import asyncio, gc, os, sys; from pipelines.app import GC_THRESHOLDS, build_app; "
             "from pipelines.settings import Settings; "
-            "_tune_interpreter(Settings().service.worker_switch_interval_ms); "
-            "print(sys.getswitchinterval(), gc.get_threshold() == GC_THRESHOLDS)")
-    for env, expected in (({}, "0.001 True"), ({"RISKSTREAM_WORKER_SWITCH_INTERVAL_MS": "2.5"},
-                                               "0.0025 True")):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
-                             capture_output=True, text=True, check=True)
-        assert out.stdout.split("\n")[-2] == expected, out.stderr
+            "app = build_app(Settings(), sys.argv[1], run_gateway=False); "
+            "asyncio.run(next(t for t in app._app_tasks if t.__name__ == '_started')()); "
+            "print(sys.getswitchinterval(), gc.get_threshold() == GC_THRESHOLDS, flush=True); "
+            "os._exit(0)")  # not waiting on the app's threads
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, partitions=1)
+        for env, expected in (({}, "0.001 True"),
+                              ({"RISKSTREAM_WORKER_SWITCH_INTERVAL_MS": "2.5"}, "0.0025 True")):
+            out = subprocess.run(
+                [sys.executable, "-c", code, broker.bootstrap],
+                env={**os.environ, "RISKSTREAM_STATE_DIR": str(tmp_path), **env},
+                capture_output=True, text=True, check=True, timeout=60)
+            assert out.stdout.split("\n")[-2] == expected, out.stderr
 
 
 def test_the_gateway_counts_what_it_read_and_accepted_per_stream():
