@@ -27,6 +27,7 @@ import hashlib
 import math
 import urllib.parse
 from collections.abc import Iterable
+from functools import partial
 from typing import NamedTuple
 
 import orjson
@@ -192,9 +193,10 @@ class AlertEngine:
                 continue
             observed = get(rule.field)
             if rule.compare(observed):
-                alert = self._threshold_alert(rule, record, entity, observed, created_at_ms)
                 out += self.lifecycle.activate(
-                    f"{rule.name}|{entity}", t, alert, stream=stream,
+                    f"{rule.name}|{entity}", t,
+                    partial(self._threshold_alert, rule, record, entity, observed,
+                            created_at_ms), stream=stream,
                     resolve_after_ms=rule.resolve_after_ms, cooldown_ms=rule.cooldown_ms,
                     slice_=slice_)
         return out
@@ -321,8 +323,8 @@ class AlertEngine:
             matched = None
         if count < rule.min_count or not rule.compare(observed):
             return []
-        alert = self._window_alert(rule, key[1], start, end, observed, count, matched,
-                                   created_at_ms)
+        alert = partial(self._window_alert, rule, key[1], start, end, observed, count, matched,
+                        created_at_ms)
         stream = rule.stream
         slice_ = next(iter(self._buckets[key]))
         return self.lifecycle.activate(f"{rule.name}|{key[1]}", end, alert, stream=stream,

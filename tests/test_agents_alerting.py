@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import orjson
 
 from agents.alerting import AlertEngine, alert_id, alert_row, quantile_of, sql_literal
@@ -81,6 +83,37 @@ def test_a_flapping_metric_is_one_alert_and_one_resolution_not_fifty():
     assert resolved["incident_id"] == firing["alert_id"] == firing["incident_id"]
     assert resolved["alert_id"] == resolved_id(firing["alert_id"])
     assert resolved["summary"].startswith("RESOLVED")
+
+
+def test_an_alert_record_is_built_only_when_its_alert_opens():
+    """A condition that keeps holding (a flapping metric, a merchant's failure rate over window
+    after window) opens one alert: its record, with summary, query and links, is built for that
+    one activation, not for every repeat (thousands at once when the watermark closes a window
+    of every merchant)."""
+    built: list[str] = []
+
+    class Counting(AlertEngine):
+        def _threshold_alert(self, rule, *args):
+            built.append(rule.name)
+            return super()._threshold_alert(rule, *args)
+
+        def _window_alert(self, rule, *args):
+            built.append(rule.name)
+            return super()._window_alert(rule, *args)
+
+    e = Counting(parse_rules(RULES), dashboard_url="https://grafana.example/", grace_ms=0)
+    flaps = [sample(i, score=0.95 if i % 2 else 0.1) for i in range(100)]
+    out = run(e, "system-metrics", flaps, lambda r: f"{r['host']}/{r['metric']}")
+    # 20 % of m2's payments fail for 30 minutes: its window closes over the threshold six times
+    t1 = T0 + 20 * MIN
+    for i in range(600):
+        e.observe("transactions", txn(i, t=t1 + i * 3000, merchant="m2",
+                                      status="failed" if i % 5 == 0 else "approved"), "c1", 0)
+        out += e.tick("transactions", 0)
+    assert [(a["rule"], a["status"]) for a in out] == [("metric_anomaly", "firing"),
+                                                       ("payment_failure_rate", "firing")]
+    assert built == ["metric_anomaly", "payment_failure_rate"]
+    assert e.lifecycle.to_state("")["alerts"]["payment_failure_rate|m2"]["hits"] >= 5
 
 
 def test_cooldown_after_resolution_then_fires_again():
@@ -462,8 +495,8 @@ def test_the_lifecycle_skips_its_walk_only_when_the_full_walk_would_change_nothi
             kwargs = dict(stream=stream, resolve_after_ms=rng.choice([1000, 60_000]),
                           cooldown_ms=rng.choice([0, 5000, 120_000]), slice_=f"{stream}:0")
             key = f"{rule}|{entity}"
-            assert fast.activate(key, t, dict(record), **kwargs) == walking.activate(
-                key, t, dict(record), **kwargs)
+            assert fast.activate(key, t, partial(dict, record), **kwargs) == walking.activate(
+                key, t, partial(dict, record), **kwargs)
         elif op < 0.98:
             got = fast.advance({stream: t}, step)
             assert got == walking.advance({stream: t}, step)
