@@ -71,15 +71,21 @@ class WindowAggregator:
             w[6] += flagged
         return True
 
-    def pop_closed(self, emitted_at_ms: int, *, everything: bool = False) -> list[dict]:
-        """Remove and return the windows that end at or before the watermark."""
+    def pop_closed(self, emitted_at_ms: int, *, everything: bool = False,
+                   limit: int | None = None) -> list[dict]:
+        """Remove and return the windows that end at or before the watermark: at most
+        ``limit`` group windows, the oldest first (the rest stay in the state, closed: the
+        next call returns them)."""
         closed = sorted(s for s in self._windows
                         if everything or s + self.window_size_ms <= self.watermark_ms)
-        out = []
+        out: list[dict] = []
         for start in closed:
-            groups = self._windows.pop(start)
-            for group_key in sorted(groups):
-                count, total, lo, hi, score_sum, score_max, flagged = groups[group_key]
+            groups = self._windows[start]
+            keys = sorted(groups)
+            if limit is not None and len(out) + len(keys) > limit:
+                keys = keys[:limit - len(out)]
+            for group_key in keys:
+                count, total, lo, hi, score_sum, score_max, flagged = groups.pop(group_key)
                 out.append({
                     "aggregate_id": f"{self.stream}:{group_key}:{start}:p{self.partition}",
                     "stream": self.stream,
@@ -88,6 +94,9 @@ class WindowAggregator:
                     "min": lo, "max": hi, "mean": total / count, "score_mean": score_sum / count,
                     "score_max": score_max, "flagged": int(flagged), "emitted_at": emitted_at_ms,
                 })
+            if groups:
+                break  # the limit is reached
+            del self._windows[start]
         return out
 
     def json_state(self) -> bytes:

@@ -96,6 +96,31 @@ def test_windows_close_on_the_watermark_and_late_events_are_counted():
     assert agg.late == 1
 
 
+def test_a_window_of_many_groups_closes_over_several_calls_when_limited():
+    """``limit`` bounds what one call emits (the worker's batch would otherwise carry a window
+    of every merchant at once); the rest stay closed in the state, through a checkpoint, and
+    come out on the next calls: each group window exactly once, none late-added meanwhile."""
+    import orjson
+
+    agg = WindowAggregator("transactions", window_size_ms=60_000, grace_ms=0)
+    base = T0 - T0 % 60_000
+    for i in range(1_200):
+        agg.add(f"m{i:04d}", base + i, 1.0, 0.1)
+    agg.add("m-next", base + 60_000 + 1, 1.0, 0.1)      # the watermark closes the first window
+    first = agg.pop_closed(0, limit=500)
+    assert len(first) == 500
+    assert not agg.add("m0999", base + 5, 1.0, 0.1)     # its window is closed, not yet emitted
+    restored = WindowAggregator("transactions", window_size_ms=60_000, grace_ms=0)
+    restored.load_state(orjson.loads(agg.json_state()))  # a checkpoint between two batches
+    rest = [restored.pop_closed(0, limit=500), restored.pop_closed(0, limit=500)]
+    assert [len(r) for r in rest] == [500, 200]
+    assert restored.pop_closed(0, limit=500) == []
+    emitted = [w["group_key"] for w in first + rest[0] + rest[1]]
+    assert emitted == [f"m{i:04d}" for i in range(1_200)]
+    assert all(w["count"] == 1 for w in first + rest[0] + rest[1])
+    assert [w["group_key"] for w in restored.pop_closed(0, everything=True)] == ["m-next"]
+
+
 def test_window_state_round_trips_through_json():
     import orjson
 

@@ -137,3 +137,30 @@ def test_a_replayed_event_that_cannot_be_relearned_is_skipped_not_a_crash_loop(p
     assert pipeline.outputs.sent == []
     assert "relearning event e1 failed; skipped" in caplog.text
     assert failed() == before + 1
+
+
+def test_a_window_closing_for_many_merchants_is_emitted_over_the_next_batches(pipeline):
+    """When the watermark passes a window's end, every merchant's window of the partition
+    closes in the same batch; the worker sends at most ``AGGREGATES_PER_BATCH`` of them with
+    that batch and the rest with the batches after it, each exactly once."""
+    from pipelines.app import AGGREGATES_PER_BATCH
+    from pipelines.topics import AGGREGATES
+
+    n = 2 * AGGREGATES_PER_BATCH + 100
+    base = T0 - T0 % 60_000
+    events = [{**make_transaction(now_ms=base + i, event_id=f"e{i}", card_id=f"card-{i}",
+                                  merchant_id=f"m-{i}"), "stream": TRANSACTIONS}
+              for i in range(n)]
+    agg = WindowAggregator(TRANSACTIONS)
+    pipeline.score_batch(TRANSACTIONS, events, agg)
+    emitted = []
+    for k in range(4):  # the next minute, past the grace: the first window closes
+        later = {**make_transaction(now_ms=base + 71_000 + k, event_id=f"later-{k}",
+                                    merchant_id="m-0"), "stream": TRANSACTIONS}
+        pipeline.outputs.sent.clear()
+        pipeline.score_batch(TRANSACTIONS, [later], agg)
+        emitted.append(sent(pipeline, AGGREGATES))
+    assert [len(e) for e in emitted] == [AGGREGATES_PER_BATCH, AGGREGATES_PER_BATCH, 100, 0]
+    windows = [w for e in emitted for w in e]
+    assert sorted(w["group_key"] for w in windows) == sorted(f"m-{i}" for i in range(n))
+    assert {w["window_start"] for w in windows} == {base}
