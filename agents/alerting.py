@@ -28,6 +28,7 @@ import math
 import urllib.parse
 from collections.abc import Iterable
 from functools import partial
+from itertools import islice
 from typing import NamedTuple
 
 import orjson
@@ -133,6 +134,11 @@ class AlertEngine:
     []
     """
 
+    # Groups of a rule evaluated per tick at most (~3 us each) once the watermark enters a new
+    # window: the rest on the next ticks, a batch or two later in event time. After the
+    # backlog of `riskstream bench`, one tick evaluated ~2,000 merchants' windows (~10 ms).
+    groups_per_tick = 1000
+
     def __init__(self, rules: RuleSet, *, dashboard_url: str = "", grace_ms: int = 10_000,
                  max_groups: int = 100_000) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
@@ -152,6 +158,10 @@ class AlertEngine:
         # window (only then can a window close), otherwise just the groups of late records.
         self._touched: dict[str, set[tuple[str, str]]] = {}
         self._ticked: dict[str, int] = {}
+        # rule -> its groups still to evaluate since the watermark entered a new window:
+        # ``groups_per_tick`` of them per tick, so that a rule over every merchant does not
+        # evaluate them all in one batch (each batch's events wait for its tick)
+        self._queued: dict[str, dict[tuple[str, str], None]] = {}
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -171,6 +181,7 @@ class AlertEngine:
             self._evaluated.pop(key, None)
         self._touched.clear()
         self._ticked.clear()  # the next tick evaluates every group of every rule
+        self._queued.clear()
 
     # -- per record ------------------------------------------------------------------------
 
@@ -266,9 +277,22 @@ class AlertEngine:
                 continue
             touched = self._touched.pop(rule.name, set())
             index = wm // rule.bucket_ms
+            queued = self._queued.setdefault(rule.name, {})  # an ordered set
+            left: list[tuple[str, str]] = []
             if self._ticked.get(rule.name) != index:
                 self._ticked[rule.name] = index
-                touched = [k for k in self._buckets if k[0] == rule.name]
+                # any left from the window before go now, all: never a window late (too few
+                # ticks per window to share them out, a quiet stream's, is the old way)
+                left = list(queued)
+                queued.clear()
+                queued.update(dict.fromkeys(k for k in self._buckets if k[0] == rule.name))
+                for k in left:
+                    del queued[k]
+            now = list(islice(queued, self.groups_per_tick))
+            for k in now:
+                del queued[k]
+            if left or now:
+                touched = [*left, *now, *touched]  # (one in two: nothing left the 2nd time)
             out += self._evaluate_windows(rule, wm, created_at_ms, touched)
         return out + self.lifecycle.advance({stream: wm}, created_at_ms, self._describe_resolved)
 

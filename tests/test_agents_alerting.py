@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import orjson
+import pytest
 
 from agents.alerting import AlertEngine, alert_id, alert_row, quantile_of, sql_literal
 from agents.lifecycle import resolved_id
@@ -114,6 +115,55 @@ def test_an_alert_record_is_built_only_when_its_alert_opens():
                                                        ("payment_failure_rate", "firing")]
     assert built == ["metric_anomaly", "payment_failure_rate"]
     assert e.lifecycle.to_state("")["alerts"]["payment_failure_rate|m2"]["hits"] >= 5
+
+
+@pytest.mark.parametrize("records_per_tick", [10, 20])
+def test_a_rule_over_many_groups_is_evaluated_a_share_per_tick_with_the_same_alerts(
+        records_per_tick):
+    """When the watermark enters a new window, a rate rule's groups are evaluated at most
+    ``groups_per_tick`` per tick, the rest on the next ticks: the same notifications as all
+    at once. With 10 ticks per window each tick's evaluation is bounded; with 5 (too few to
+    share 40 groups out 7 at a time) those left go all at once when the next window opens."""
+    import random
+
+    rules = parse_rules("""
+rules:
+  - {name: failure_rate, kind: rate, stream: transactions, match: {status: [failed]},
+     group: merchant_id, window: 5m, min_count: 10, op: ">", value: 0.2,
+     resolve_after: 5m, cooldown: 0s}
+""")
+    evaluated: list[int] = []
+
+    class Bounded(AlertEngine):
+        groups_per_tick = 7
+
+        def _evaluate_windows(self, rule, wm, created_at_ms, keys):
+            keys = list(keys)
+            evaluated.append(len(keys))
+            return super()._evaluate_windows(rule, wm, created_at_ms, keys)
+
+    bounded, reference = Bounded(rules, grace_ms=0), AlertEngine(rules, grace_ms=0)
+    rng = random.Random(3)
+    # 40 merchants, some failing a third of their payments in some minutes: alerts open and
+    # resolve over 40 minutes of event time, 10 or 20 records (6 or 12 s) per tick
+    got: dict[str, list] = {"bounded": [], "reference": []}
+    for i in range(4000):
+        t = T0 + i * 600
+        m = rng.randrange(40)
+        failing = m % 5 == 0 and (t - T0) // (8 * MIN) % 2 == 0
+        record = txn(i, t=t, merchant=f"m{m}",
+                     status="failed" if failing and rng.random() < 0.35 else "approved")
+        for name, e in (("bounded", bounded), ("reference", reference)):
+            got[name] += e.observe("transactions", record, "c1", 0)
+            if i % records_per_tick == records_per_tick - 1:
+                got[name] += e.tick("transactions", 0)
+    key = lambda a: (a["alert_id"], a["status"])  # noqa: E731
+    assert len(got["reference"]) >= 10
+    assert sorted(map(key, got["bounded"])) == sorted(map(key, got["reference"]))
+    if records_per_tick == 10:
+        assert max(evaluated) <= 7 and len(evaluated) > 200
+    else:
+        assert max(evaluated) > 7
 
 
 def test_cooldown_after_resolution_then_fires_again():
