@@ -537,7 +537,7 @@ class Pipeline:
         if late:
             metrics.LATE.labels(stream).inc(late)
         metrics.SCORED.labels(stream).inc(len(events))
-        if closed := agg.pop_closed(now, limit=AGGREGATES_PER_BATCH):
+        if closed := agg.pop_closed(now, limit=max(AGGREGATES_PER_BATCH, len(events))):
             for window in closed:
                 send(AGGREGATES, window["group_key"], window)
             metrics.AGGREGATES.labels(stream).inc(len(closed))
@@ -649,7 +649,8 @@ SILENCE_CHECK_MS = 1_000
 # partition in `riskstream bench` (~10 ms in one batch); the rest follow with the next
 # batches, in order, so the events of that batch are not held behind them (windows close
 # only as events arrive, so a partition that falls silent right after a close keeps the rest,
-# in its checkpointed state, until its next batch).
+# in its checkpointed state, until its next batch). A batch of more events emits as many as
+# it has: each event can open one group window, so closed ones never pile up.
 AGGREGATES_PER_BATCH = 500
 
 

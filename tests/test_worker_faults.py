@@ -164,3 +164,16 @@ def test_a_window_closing_for_many_merchants_is_emitted_over_the_next_batches(pi
     windows = [w for e in emitted for w in e]
     assert sorted(w["group_key"] for w in windows) == sorted(f"m-{i}" for i in range(n))
     assert {w["window_start"] for w in windows} == {base}
+    # a batch larger than that emits as many as it has events (each can open a group window:
+    # the closed ones never pile up)
+    big = [{**make_transaction(now_ms=base + 150_000 + i, event_id=f"big-{i}",
+                               card_id=f"card-{i}", merchant_id=f"m-{i}"), "stream": TRANSACTIONS}
+           for i in range(n)]
+    pipeline.outputs.sent.clear()
+    pipeline.score_batch(TRANSACTIONS, big, agg)  # closes the minute of the four "later"
+    assert len(sent(pipeline, AGGREGATES)) == 1
+    pipeline.outputs.sent.clear()
+    pipeline.score_batch(TRANSACTIONS, [{**e, "event_id": e["event_id"] + "-next",
+                                         "event_time": e["event_time"] + 60_000} for e in big],
+                         agg)  # closes the n windows of the batch before
+    assert len(sent(pipeline, AGGREGATES)) == n
