@@ -25,8 +25,11 @@ class KafkaSettings(BaseSettings):
     # Batch read size of the confluent-kafka loops (validation gateway, sink).
     consume_batch: int = Field(2000, ge=1)
     # How long a batch read waits to fill: it returns early once `consume_batch` messages are
-    # there, so under load batches are full and at low rates latency stays ~this long.
-    consume_wait_s: float = Field(0.02, gt=0)
+    # there, so under load batches are full and at low rates latency stays ~this long. The
+    # gateway's read makes one message per partition for the worker: 10 ms against 20, five
+    # alternating pairs of `riskstream bench`, scored p50 lower in four (fresh broker p99
+    # median 255 -> 187 ms), for up to twice the worker's messages at moderate rates (README).
+    consume_wait_s: float = Field(0.01, gt=0)
     # How long a fetch waits on the broker for data, on the scoring path (gateway, worker).
     # Tansu does not answer a waiting fetch when data arrives: every hop then costs up to
     # this long (measured: 500 ms -> ~200 ms per hop, 10 ms -> ~3 ms). Kafka answers once
