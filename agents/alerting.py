@@ -277,17 +277,16 @@ class AlertEngine:
                 continue
             touched = self._touched.pop(rule.name, set())
             index = wm // rule.bucket_ms
-            queued = self._queued.setdefault(rule.name, {})  # an ordered set
-            left: list[tuple[str, str]] = []
+            queued = self._queued.get(rule.name, {})  # an ordered set
+            left: dict[tuple[str, str], None] = {}
             if self._ticked.get(rule.name) != index:
                 self._ticked[rule.name] = index
                 # any left from the window before go now, all: never a window late (too few
-                # ticks per window to share them out, a quiet stream's, is the old way)
-                left = list(queued)
-                queued.clear()
-                queued.update(dict.fromkeys(k for k in self._buckets if k[0] == rule.name))
-                for k in left:
-                    del queued[k]
+                # ticks per window to share them out, a quiet stream's, is the old way); a
+                # group forgotten meanwhile (``forget_slice``) is skipped when evaluated
+                left = queued
+                queued = self._queued[rule.name] = dict.fromkeys(
+                    k for k in self._buckets if k[0] == rule.name and k not in left)
             now = list(islice(queued, self.groups_per_tick))
             for k in now:
                 del queued[k]

@@ -166,6 +166,32 @@ rules:
         assert max(evaluated) > 7
 
 
+def test_a_partition_handed_over_while_its_groups_wait_to_be_evaluated():
+    """Groups still queued for evaluation when their partition moves to another worker
+    (``forget_slice``) are skipped at the next window, not an error that stops the worker."""
+    rules = parse_rules("""
+rules:
+  - {name: failure_rate, kind: rate, stream: transactions, match: {status: [failed]},
+     group: merchant_id, window: 5m, min_count: 1, op: ">", value: 0.5}
+""")
+
+    class Bounded(AlertEngine):
+        groups_per_tick = 1
+
+    e = Bounded(rules, grace_ms=0)
+    for m in range(3):
+        e.observe("transactions", txn(m, t=T0 + m, merchant=f"m{m}", status="failed"), "c1", 0,
+                  slice_="transactions:0")
+    e.observe("transactions", txn(9, t=T0 + 2 * MIN, merchant="m9"), "c1", 0,
+              slice_="transactions:1")
+    first = e.tick("transactions", 0)          # a new window: one group now, two queued
+    e.forget_slice("transactions:0")
+    e.observe("transactions", txn(10, t=T0 + 4 * MIN, merchant="m9"), "c1", 0,
+              slice_="transactions:1")
+    assert e.tick("transactions", 0) == []     # the next window: the two forgotten skipped
+    assert [a["entity"] for a in first] == ["m0"]
+
+
 def test_cooldown_after_resolution_then_fires_again():
     e = engine()
     ent = lambda r: "web-1/cpu"  # noqa: E731
