@@ -255,15 +255,14 @@ class ApplicationFeatures:
             if seen:
                 self._seen[key] = tuple(seen)
 
-    # the detector's features, in ``detector_view`` order
-    detector_keys = ("ssn_1d", "device_1d", "ip_1d", "address_1d", "amount_vs_income",
-                     "ssn_names", "income_change")
-
-    def detector_view(self, v: list[float]) -> tuple[float, ...]:
-        """A few features scaled to [0, 1] for HalfSpaceTrees, in ``detector_keys`` order."""
-        return (min(1.0, v[1] / 2.0), min(1.0, v[4] / 2.0), min(1.0, v[7] / 2.0),
-                min(1.0, v[10] / 2.0), min(1.0, max(0.0, (v[18] + 4.0) / 6.0)),
-                min(1.0, v[15] / 3.0), min(1.0, v[17]))
+    def detector_view(self, v: list[float]) -> dict[str, float]:
+        """A few features scaled to [0, 1] for HalfSpaceTrees."""
+        return {
+            "ssn_1d": min(1.0, v[1] / 2.0), "device_1d": min(1.0, v[4] / 2.0),
+            "ip_1d": min(1.0, v[7] / 2.0), "address_1d": min(1.0, v[10] / 2.0),
+            "amount_vs_income": min(1.0, max(0.0, (v[18] + 4.0) / 6.0)),
+            "ssn_names": min(1.0, v[15] / 3.0), "income_change": min(1.0, v[17]),
+        }
 
     @staticmethod
     def cold_reasons(x: dict[str, float]) -> list[str]:
