@@ -15,14 +15,18 @@ broker's cost per fetch grows with what it holds, a Kafka cluster's does not); a
    worker can score, which (4) approaches as the rest of the worker's costs shrink.
 
 Figures are printed and written as JSON, never asserted: machines are noisy, compare the
-ratios measured in the same run. Against a real Kafka (``RISKSTREAM_KAFKA_BOOTSTRAP``) use a
-cluster or namespace of its own: the bench writes to the pipeline's topics.
+ratios measured in the same run, and medians of several runs (``--repeat N``: ``run_benches``).
+Against a real Kafka (``RISKSTREAM_KAFKA_BOOTSTRAP``) use a cluster or namespace of its own:
+the bench writes to the pipeline's topics.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,7 @@ from confluent_kafka import Consumer, Producer
 
 from pipelines import interpreter, placement
 from pipelines.broker import EmbeddedBroker, ensure_topics, free_port
+from pipelines.errors import ConfigError
 from pipelines.kafka import producer_config
 from pipelines.settings import Settings
 from pipelines.simulator import SimConfig, Simulator
@@ -531,6 +536,103 @@ def report(r: dict) -> str:
     ])
 
 
+# What ``--repeat`` summarises: (label, path into a run's result, format). Machines are noisy
+# (one run's backlog rate can differ from the next's by a fifth here): quote medians.
+SUMMARY: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("(2) ceiling: batch consume, events/s", ("ceiling_eps",), "{:,.0f}"),
+    ("(3) Faust count-only agent, events/s", ("faust_count_eps",), "{:,.0f}"),
+    ("(4) full pipeline, events/s", ("pipeline_eps",), "{:,.0f}"),
+    ("(4)/(3)", ("ratio_pipeline_to_faust",), "{:.2f}x"),
+    ("(5) scoring path alone, events per CPU second", ("scoring_eps",), "{:,.0f}"),
+    ("(4)/(5)", ("ratio_pipeline_to_scoring",), "{:.2f}"),
+    ("CPU s per 1,000 events (worker, gateway, sink)", ("cpu_s_per_1000_events",), "{:.3f}"),
+    ("offered load of the latency phase, events/s", ("offered_load_eps",), "{:,.0f}"),
+    ("scored p50 after the backlog, ms", ("latency_ms", "p50"), "{:.0f}"),
+    ("scored p95 after the backlog, ms", ("latency_ms", "p95"), "{:.0f}"),
+    ("scored p99 after the backlog, ms", ("latency_ms", "p99"), "{:.0f}"),
+    ("scored p99 on a fresh broker, ms", ("fresh_broker", "latency_ms", "p99"), "{:.0f}"),
+    ("lake p99 after the backlog, ms", ("latency_to_lake_ms", "p99"), "{:.0f}"),
+    ("worker peak RSS, MiB", ("rss_mb", "worker"), "{:.0f}"),
+    ("gateway peak RSS, MiB", ("rss_mb", "gateway"), "{:.0f}"),
+    ("sink peak RSS, MiB", ("rss_mb", "sink"), "{:.0f}"),
+    ("RSS of scorers holding --state, MiB", ("state_memory", "rss_mb"), "{:.0f}"),
+)
+
+
+def _at(result: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per measure of ``SUMMARY`` found in the runs: ``{"median", "min", "max", "n"}`` (the
+    median of an even count is the mean of the middle two), keyed by its path joined by
+    dots. The fresh-broker latency is in runs on the embedded broker only."""
+    out: dict[str, dict[str, float]] = {}
+    for _, path, _ in SUMMARY:
+        values = sorted(v for r in runs
+                        if (v := _at(r, path)) is not None and not math.isnan(v))
+        if values:
+            out[".".join(path)] = {"median": statistics.median(values), "min": values[0],
+                                   "max": values[-1], "n": len(values)}
+    return out
+
+
+def summary_report(summary: dict, repeat: int) -> str:
+    lines = [f"riskstream bench: medians of {repeat} runs (lowest - highest)"]
+    for label, path, fmt in SUMMARY:
+        m = summary.get(".".join(path))
+        if m is not None:
+            lines.append(f"  {label:<48} {fmt.format(m['median']):>10}   "
+                         f"({fmt.format(m['min'])} - {fmt.format(m['max'])})")
+    return "\n".join(lines)
+
+
+def run_benches(settings: Settings, *, repeat: int, json_out: Path | None, **kwargs) -> dict:
+    """``run_bench`` ``repeat`` times, each on a new embedded broker, then the medians. With
+    one run, its result as it is; with more, the medians of the figures issue 8 asks for at
+    the top (``ceiling_eps``, ``faust_count_eps``, ``pipeline_eps``, ``latency_ms``,
+    ``rss_mb``; None where no run measured one), ``summary`` and every run's result."""
+    if repeat < 1:
+        raise ConfigError(f"--repeat: must be >= 1, got {repeat!r}")
+    if repeat > 1 and settings.kafka.bootstrap:
+        # each run produces its events into the pipeline's topics, and the next run's worker
+        # and readers would meet the last run's there
+        raise ConfigError("--repeat: each run needs topics of its own; against "
+                         "RISKSTREAM_KAFKA_BOOTSTRAP run the bench once per fresh cluster")
+    if repeat == 1:
+        return run_bench(settings, json_out=json_out, **kwargs)
+    runs = []
+    for i in range(repeat):
+        _say(f"run {i + 1}/{repeat}")
+        runs.append(run_bench(settings, json_out=None, **kwargs))
+    summary = summarise(runs)
+
+    def median(*path: str) -> float | None:
+        return summary.get(".".join(path), {}).get("median")
+
+    result = {"repeat": repeat, "events": runs[0]["events"],
+              "ceiling_eps": median("ceiling_eps"), "faust_count_eps": median("faust_count_eps"),
+              "pipeline_eps": median("pipeline_eps"),
+              "latency_ms": {q: median("latency_ms", q) for q in ("p50", "p95", "p99")},
+              "rss_mb": {p: median("rss_mb", p) for p in ("worker", "gateway", "sink")},
+              "summary": summary, "runs": runs}
+    print(summary_report(summary, repeat))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="throughput and latency against the raw ceilings")
     bench.add_argument("--events", type=int, default=200_000)
@@ -543,7 +645,11 @@ def register(sub) -> None:
     bench.add_argument("--state", default=None, metavar="CARDS,SERIES",
                        help="also measure the RSS of scorers holding this many cards and metric "
                             "series, e.g. 1000000,10000")
-    bench.set_defaults(func=lambda args, settings: run_bench(
-        settings, events=args.events, json_out=args.json_out, load_s=args.load_seconds,
+    bench.add_argument("--repeat", type=_positive, default=1, metavar="N",
+                       help="run the whole bench N times and print the medians (and ranges) "
+                            "of its figures; the JSON then holds the medians and every run")
+    bench.set_defaults(func=lambda args, settings: run_benches(
+        settings, repeat=args.repeat, events=args.events, json_out=args.json_out,
+        load_s=args.load_seconds,
         load_eps=args.load_eps,
         state=tuple(int(x) for x in args.state.split(",")) if args.state else None) and 0)
