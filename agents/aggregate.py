@@ -80,9 +80,11 @@ class WindowAggregator:
                         if everything or s + self.window_size_ms <= self.watermark_ms)
         out: list[dict] = []
         for start in closed:
+            if limit is not None and len(out) >= limit:
+                break
             groups = self._windows[start]
             keys = sorted(groups)
-            if limit is not None and len(out) + len(keys) > limit:
+            if limit is not None:
                 keys = keys[:limit - len(out)]
             for group_key in keys:
                 count, total, lo, hi, score_sum, score_max, flagged = groups.pop(group_key)
@@ -94,9 +96,8 @@ class WindowAggregator:
                     "min": lo, "max": hi, "mean": total / count, "score_mean": score_sum / count,
                     "score_max": score_max, "flagged": int(flagged), "emitted_at": emitted_at_ms,
                 })
-            if groups:
-                break  # the limit is reached
-            del self._windows[start]
+            if not groups:
+                del self._windows[start]
         return out
 
     def json_state(self) -> bytes:

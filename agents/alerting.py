@@ -291,7 +291,8 @@ class AlertEngine:
             for k in now:
                 del queued[k]
             if left or now:
-                touched = [*left, *now, *touched]  # (one in two: nothing left the 2nd time)
+                # (a late group may be queued too: its second evaluation finds nothing due)
+                touched = [*left, *now, *touched]
             out += self._evaluate_windows(rule, wm, created_at_ms, touched)
         return out + self.lifecycle.advance({stream: wm}, created_at_ms, self._describe_resolved)
 

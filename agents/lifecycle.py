@@ -70,11 +70,11 @@ class Lifecycle:
 
     # -- transitions -------------------------------------------------------------------------
 
-    def activate(self, key: str, t_ms: int, record: Callable[[], dict], *, stream: str,
+    def activate(self, key: str, t_ms: int, build: Callable[[], dict], *, stream: str,
                  resolve_after_ms: int, cooldown_ms: int, slice_: str = "") -> list[dict]:
         """The condition of alert ``key`` holds at event time ``t_ms``; return notifications.
 
-        ``record()`` builds the alert record this activation would send if it opens an
+        ``build()`` builds the alert record this activation would send if it opens an
         incident (with ``alert_id``, ``group_key`` and ``labels`` as a dict). It is called
         only when the alert opens: most activations find their alert firing or cooling down,
         and a record (its summary, query and links formatted) cost ~50 us, thousands of times
@@ -90,7 +90,7 @@ class Lifecycle:
         if len(self._alerts) >= self.max_alerts:
             self.dropped += 1           # bounded state: refuse new keys rather than grow
             return []
-        record = record()
+        record = build()
         labels = record["labels"]
         group_key = record["group_key"]
         if stream in self._due:
