@@ -22,7 +22,6 @@ the bench writes to the pipeline's topics.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -626,13 +625,6 @@ def run_benches(settings: Settings, *, repeat: int, json_out: Path | None, **kwa
     return result
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="throughput and latency against the raw ceilings")
     bench.add_argument("--events", type=int, default=200_000)
@@ -645,7 +637,7 @@ def register(sub) -> None:
     bench.add_argument("--state", default=None, metavar="CARDS,SERIES",
                        help="also measure the RSS of scorers holding this many cards and metric "
                             "series, e.g. 1000000,10000")
-    bench.add_argument("--repeat", type=_positive, default=1, metavar="N",
+    bench.add_argument("--repeat", type=int, default=1, metavar="N",
                        help="run the whole bench N times and print the medians (and ranges) "
                             "of its figures; the JSON then holds the medians and every run")
     bench.set_defaults(func=lambda args, settings: run_benches(
