@@ -159,6 +159,7 @@ class ChampionChallenger:
     """
 
     score_record: Callable[[dict, int], dict]
+    score_records: Callable[[list[dict], int], list]
     score_one: Callable[[dict], tuple]
     learn_label: Callable[..., bool]
 
@@ -207,25 +208,33 @@ class ChampionChallenger:
         c, x = self.champion, self.challenger
         if x is None:  # no challenger: the champion's own methods, no cost per event
             self.score_record, self.score_one = c.score_record, c.score_one
-            self.learn_label = c.learn_label
+            self.score_records, self.learn_label = c.score_records, c.learn_label
             return
-        self.score_record = self._score_record_split if self.share > 0 else self._score_record
+        self.score_record, self.score_records = self._score_record, self._score_records
         self.score_one, self.learn_label = self._score_one, self._learn_label
 
     def _score_record(self, event: dict, scored_at_ms: int) -> dict:
-        """Shadow: the champion's record; the challenger's score waits for the label."""
-        record = self.champion.score_record(event, scored_at_ms)
-        shadow = self.challenger.score_record(event, scored_at_ms)
-        if shadow["decision"] != record["decision"]:
-            self.disagreements[(record["decision"], shadow["decision"])] += 1
-        return record
+        """The record that goes out: the champion's, or with a share the challenger's for
+        its share of event ids; the other's score waits for the label (shadow)."""
+        return self._decide(event, self.champion.score_record(event, scored_at_ms),
+                            self.challenger.score_record(event, scored_at_ms))
 
-    def _score_record_split(self, event: dict, scored_at_ms: int) -> dict:
-        """With a share: the challenger's record for its share of event ids."""
-        record = self.champion.score_record(event, scored_at_ms)
-        shadow = self.challenger.score_record(event, scored_at_ms)
+    def _score_records(self, events: list[dict], scored_at_ms: int) -> list:
+        """``_score_record`` of each event (each role scoring the batch at once): a record,
+        or what scoring the event raised (the champion's error first). The challenger scores
+        an event the champion raised on (one at a time, it would not)."""
+        return [record if isinstance(record, Exception)
+                else shadow if isinstance(shadow, Exception)
+                else self._decide(event, record, shadow)
+                for event, record, shadow in zip(
+                    events, self.champion.score_records(events, scored_at_ms),
+                    self.challenger.score_records(events, scored_at_ms))]
+
+    def _decide(self, event: dict, record: dict, shadow: dict) -> dict:
         if shadow["decision"] != record["decision"]:
             self.disagreements[(record["decision"], shadow["decision"])] += 1
+        if self.share <= 0:
+            return record
         if share_bucket(event["event_id"]) < self.share:
             self.decided["challenger"] += 1
             shadow["model_version"] = f"{shadow['model_version']}{CHALLENGER_TAG}"

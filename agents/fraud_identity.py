@@ -255,14 +255,17 @@ class ApplicationFeatures:
             if seen:
                 self._seen[key] = tuple(seen)
 
-    def detector_view(self, v: list[float]) -> dict[str, float]:
-        """A few features scaled to [0, 1] for HalfSpaceTrees."""
-        return {
-            "ssn_1d": min(1.0, v[1] / 2.0), "device_1d": min(1.0, v[4] / 2.0),
-            "ip_1d": min(1.0, v[7] / 2.0), "address_1d": min(1.0, v[10] / 2.0),
-            "amount_vs_income": min(1.0, max(0.0, (v[18] + 4.0) / 6.0)),
-            "ssn_names": min(1.0, v[15] / 3.0), "income_change": min(1.0, v[17]),
-        }
+    # the detector's features, in ``detector_view``'s order
+    DETECTOR_KEYS = ("ssn_1d", "device_1d", "ip_1d", "address_1d", "amount_vs_income",
+                     "ssn_names", "income_change")
+
+    @staticmethod
+    def detector_view(v: list[float]) -> tuple[float, ...]:
+        """A few features scaled to [0, 1] for HalfSpaceTrees (``DETECTOR_KEYS``): a
+        sequence, which the detector walks a batch of at a time."""
+        return (min(1.0, v[1] / 2.0), min(1.0, v[4] / 2.0), min(1.0, v[7] / 2.0),
+                min(1.0, v[10] / 2.0), min(1.0, max(0.0, (v[18] + 4.0) / 6.0)),
+                min(1.0, v[15] / 3.0), min(1.0, v[17]))
 
     @staticmethod
     def cold_reasons(x: dict[str, float]) -> list[str]:

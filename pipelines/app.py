@@ -493,10 +493,12 @@ class Pipeline:
                 if stream == TRANSACTIONS else
                 (self.applications, SCORED_APPLICATIONS, "applicant_id", "product",
                  "requested_amount"))
-            score = scorer.score_record
-            for event in events:
+            # scored as a batch (``score_records``: the detector walks the events together),
+            # each event's record or what scoring it raised
+            for event, record in zip(events, scorer.score_records(events, now)):
                 try:
-                    record = score(event, now)
+                    if isinstance(record, Exception):
+                        raise record
                     send(topic, event[entity], _strip(record))
                     late += not add(event[group], event["event_time"], event[value],
                                     record["score"])

@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from agents.aggregate import WindowAggregator
+from agents.validate import Deduplicator
 from pipelines import placement
 from pipelines.app import Pipeline
 from pipelines.bench import generate
@@ -42,16 +43,21 @@ class SerialisingOutputs:
         pass
 
 
-def batches(n: int, settings: Settings) -> list[tuple[str, bytes]]:
+def batches(n: int, settings: Settings, start_ms: int | None = None
+            ) -> list[tuple[str, bytes]]:
     """The bench's messages as the gateway forwards them: per stream, JSON arrays of up to
-    ``batch_events`` valid events, in the order they arrive."""
+    ``batch_events`` valid events, without the duplicates (the simulator's ~1 %), in the
+    order they arrive (the first at ``start_ms``, default ``bench.generate``'s)."""
     validator = Validator(settings.validation, settings.pii)
+    dedup = Deduplicator(int(settings.validation.dedup_ttl_s * 1000))
     size = settings.validation.batch_events
     out: list[tuple[str, bytes]] = []
     pending: dict[str, list[dict]] = {}
-    for topic, _key, value, event_time_ms in generate(n):
+    for topic, _key, value, event_time_ms in generate(n, start_ms=start_ms):
         event = validator.validate(topic, value, now_ms=event_time_ms)
-        if isinstance(event, Rejection):
+        # (a duplicate has its first's key, so its input partition: one per stream here)
+        if isinstance(event, Rejection) or dedup.seen((topic, 0), event["event_id"],
+                                                      event["event_time"]):
             continue
         events = pending.setdefault(topic, [])
         events.append(event)

@@ -111,6 +111,52 @@ def test_share_routing_is_deterministic_and_close_to_the_share():
             assert record == c
 
 
+@pytest.mark.parametrize("share", [0.0, 0.2])
+def test_a_batch_is_decided_as_its_events_one_at_a_time(share):
+    """``score_records`` (each role scoring the batch at once) gives the records, the
+    disagreements and the routing counts of ``score_record`` event by event; an event one
+    role raises on is that error, the others go on."""
+    events = transactions(2000)
+    labels = delayed_labels(events, delay=150)
+    one = ChampionChallenger(_scorer(), _scorer(**PARAMS), share=share)
+    batched = ChampionChallenger(_scorer(), _scorer(**PARAMS), share=share)
+    bad = {events[700]["event_id"]: batched.champion, events[1300]["event_id"]: batched.challenger}
+    for role in (batched.champion, batched.challenger):
+        def compute(event: dict, role=role, compute=role._compute) -> list[float]:
+            if bad.get(event["event_id"]) is role:
+                raise ValueError(f"{event['event_id']}: features")
+            return compute(event)
+        role._compute = compute
+    got: list = []
+    for start in range(0, len(events), 400):  # labels between batches, as the worker learns
+        batch = [dict(e) for e in events[start:start + 400]]
+        got += batched.score_records(batch, 0)
+        for i in range(start, start + 400):
+            for e in labels.get(i, ()):
+                batched.learn_label(e["event_id"], int(e["fraud"]), events[i]["event_time"])
+    errors = {i: r for i, r in enumerate(got) if isinstance(r, Exception)}
+    assert sorted(errors) == [700, 1300]
+    assert "features" in str(errors[700]) and "features" in str(errors[1300])
+    # event by event, with the same labels at the same places, skipping the two failed
+    expected = []
+    for start in range(0, len(events), 400):
+        for i in range(start, start + 400):
+            if i in errors:
+                expected.append(errors[i])
+                # what the batch did for them: the other role scored the event
+                other = one.challenger if i == 700 else one.champion
+                other.score_one(dict(events[i]))
+            else:
+                expected.append(one.score_record(dict(events[i]), 0))
+        for i in range(start, start + 400):
+            for e in labels.get(i, ()):
+                one.learn_label(e["event_id"], int(e["fraud"]), events[i]["event_time"])
+    assert got == expected
+    assert one.disagreements == batched.disagreements and sum(one.disagreements.values()) > 0
+    assert one.decided == batched.decided
+    assert (batched.decided["challenger"] > 0) == (share > 0)
+
+
 def test_the_share_bounds_and_the_hash():
     ids = [f"e{i}" for i in range(20_000)]
     buckets = [share_bucket(i) for i in ids]
@@ -129,6 +175,7 @@ def test_no_challenger_is_the_champion_itself():
     models = ChampionChallenger(champion)
     # the champion's own bound methods: no wrapper call per event
     assert models.score_record == champion.score_record
+    assert models.score_records == champion.score_records
     assert models.score_one == champion.score_one
     assert models.learn_label == champion.learn_label
     assert list(models.roles()) == ["champion"]

@@ -617,3 +617,85 @@ def test_a_merchant_id_is_one_string_however_many_cards_remember_it():
     for i in range(3):
         f.compute(txn(i, card_id=f"c{i}", merchant_id=f"m{i - i + 7}"))  # new strings
     assert f.card("c1").recent[0] is f.card("c2").recent[0]
+
+
+@pytest.fixture(scope="module")
+def forwarded() -> list[tuple[str, list[dict]]]:
+    """The bench's first 15,000 messages as the gateway forwards them (validated,
+    deduplicated, in batches per stream), decoded: ~8,800 transactions, ~1,400
+    applications."""
+    from pipelines.bench_scoring import batches
+    from pipelines.settings import Settings
+
+    return [(topic, orjson.loads(raw))
+            for topic, raw in batches(15_000, Settings(), start_ms=T0)]
+
+
+@pytest.mark.parametrize("params", [{}, {"label_ttl_s": 0.5}, {"max_pending": 700}],
+                         ids=["default", "ttl-expiries", "store-full"])
+@pytest.mark.parametrize("scorer_cls, stream", [(TransactionScorer, "transactions"),
+                                                (ApplicationScorer, "applications")])
+def test_a_batch_is_scored_as_its_events_one_at_a_time(forwarded, params, scorer_cls, stream,
+                                                       monkeypatch):
+    """``score_records`` (the detector walking the batch at once) gives what
+    ``score_record`` of each event in turn gives, records and state (``to_state``): with
+    labels learned between batches, pending events expiring within them (a short label TTL;
+    a store over ``max_pending``), events scored again (already pending, twice in a batch)
+    and events whose features raise."""
+    from agents.fraud import _HalfSpace
+
+    forwarded = [(topic, [dict(e) for e in events]) for topic, events in forwarded]
+    walked: list[int] = []
+    walk = _HalfSpace.score_learn_many
+    monkeypatch.setattr(_HalfSpace, "score_learn_many",
+                        lambda self, views, learns: walked.append(len(views))
+                        or walk(self, views, learns))
+    one, batched = (scorer_cls(min_labels=5, **params) for _ in range(2))
+    bad: set[str] = set()
+    for scorer in (one, batched):
+        compute = scorer._compute
+
+        def compute_but(event: dict, compute=compute) -> list[float]:
+            if event["event_id"] in bad:
+                raise ValueError("features")
+            return compute(event)
+
+        scorer._compute = compute_but
+    rng = random.Random(7)
+    last: list[dict] = []
+    labelled: list[list[dict]] = [[], [], []]  # per batch, the last three
+    n_batches = 0
+    for topic, events in forwarded:
+        if topic != stream:
+            continue
+        n_batches += 1
+        # labels between batches, of events of the last one (the bench's come later)
+        labelled.append(rng.sample(last, min(len(last), 30)))
+        for i, event in enumerate(labelled[-1]):
+            args = (event["event_id"], int(i < 4), event["event_time"] + 1)
+            assert one.learn_label(*args) == batched.learn_label(*args)
+        bad.add(events[len(events) // 2]["event_id"])
+        # scored again: three of this batch (twice in it), two of the last (pending), and
+        # labelled ones of one and three batches ago (what expires next may be their first
+        # scoring's place in the expiry order), the latter with this batch's event time
+        again = rng.sample(events, 3) + last[:2] + labelled[-1][-2:] + [
+            {**event, "event_time": events[0]["event_time"]} for event in labelled[-3][-2:]]
+        for event in again:
+            events.insert(rng.randrange(len(events) + 1), dict(event))
+        last = events
+        expected = []
+        for event in events:
+            try:
+                expected.append(one.score_record(event, 0))
+            except ValueError as exc:
+                expected.append(repr(exc))
+        got = [repr(r) if isinstance(r, Exception) else r
+               for r in batched.score_records(events, 0)]
+        assert got == expected
+    assert n_batches >= 3 and max(walked) > 4 * _HalfSpace.BATCH_MIN  # walked as batches
+    assert sum(1 for r in expected if isinstance(r, str)) == 1
+    assert orjson.dumps(batched.to_state(), option=orjson.OPT_SORT_KEYS) == \
+        orjson.dumps(one.to_state(), option=orjson.OPT_SORT_KEYS)
+    stats = batched.stats()
+    assert stats == one.stats() and stats["labels"] > 5
+    assert (stats["expired_as_genuine"] > 0) == bool(params)

@@ -29,22 +29,34 @@ def sent(pipeline: Pipeline, topic: str) -> list[dict]:
     return [record for t, record in pipeline.outputs.sent if t == topic]
 
 
-def test_an_event_that_cannot_be_scored_goes_to_dead_letter_and_the_batch_goes_on(pipeline):
+def fail_features_of(pipeline: Pipeline, event_ids: set[str] | None) -> None:
+    """The transaction champion's features raise for ``event_ids`` (None: for every event),
+    as a bug in them would, in whichever path scores the batch."""
+    champion = pipeline.transactions.champion
+    compute = champion._features.compute
+
+    def compute_but(event: dict) -> list[float]:
+        if event_ids is None or event["event_id"] in event_ids:
+            raise ValueError("cannot score this one")
+        return compute(event)
+
+    champion._compute = compute_but
+
+
+@pytest.mark.parametrize("n", [5, 40])  # one at a time, and as a batch (_HalfSpace.BATCH_MIN)
+def test_an_event_that_cannot_be_scored_goes_to_dead_letter_and_the_batch_goes_on(pipeline, n):
+    from agents.fraud import _HalfSpace
+
+    assert (n >= _HalfSpace.BATCH_MIN) == (n == 40)
     events = [{**make_transaction(now_ms=T0 + i, event_id=f"e{i}", card_id=f"card-{i}",
                                   merchant_id="m-1", amount=10.0), "stream": TRANSACTIONS}
-              for i in range(5)]
-    score = pipeline.transactions.score_record
-
-    def score_but_e2(event: dict, now: int) -> dict:
-        if event["event_id"] == "e2":
-            raise ValueError("cannot score this one")
-        return score(event, now)
-
-    pipeline.transactions.score_record = score_but_e2
+              for i in range(n)]
+    fail_features_of(pipeline, {"e2"})
     agg = WindowAggregator(TRANSACTIONS)
     pipeline.score_batch(TRANSACTIONS, events, agg, partition=3, offset=41)
 
-    assert [r["event_id"] for r in sent(pipeline, SCORED_TRANSACTIONS)] == ["e0", "e1", "e3", "e4"]
+    assert [r["event_id"] for r in sent(pipeline, SCORED_TRANSACTIONS)] == \
+        [f"e{i}" for i in range(n) if i != 2]
     [dead] = sent(pipeline, DEAD_LETTER)
     assert dead["kind"] == "scoring" and dead["event_id"] == "e2"
     assert dead["key"] == "card-2"  # the event's partition key, as producers keyed it
@@ -52,9 +64,10 @@ def test_an_event_that_cannot_be_scored_goes_to_dead_letter_and_the_batch_goes_o
     assert (dead["source_topic"], dead["source_partition"], dead["source_offset"]) == (
         VALIDATED[TRANSACTIONS], 3, 41)
     assert orjson.loads(dead["original"])["event_id"] == "e2"
-    # the window counts the four scored events, not the one in dead-letter
+    # the window counts the scored events, not the one in dead-letter
     [groups] = orjson.loads(agg.json_state())["by_start"].values()
-    assert groups["m-1"][0] == 4
+    assert groups["m-1"][0] == n - 1
+    assert pipeline.transactions.champion.n_pending == n - 1
 
 
 def test_a_stream_whose_batches_fail_whole_stops_the_worker_and_one_poison_event_does_not(
@@ -67,17 +80,13 @@ def test_a_stream_whose_batches_fail_whole_stops_the_worker_and_one_poison_event
     def batch(i: int) -> list[dict]:
         return [{**make_transaction(now_ms=T0 + i, event_id=f"e{i}"), "stream": TRANSACTIONS}]
 
-    def fail_all(event: dict, now: int) -> dict:
-        raise ValueError("a bad release")
-
-    score = pipeline.transactions.score_record
     agg = WindowAggregator(TRANSACTIONS)
-    pipeline.transactions.score_record = fail_all
+    fail_features_of(pipeline, None)
     for i in range(UNSCORED_BATCHES_TO_STOP - 1):
         pipeline.score_batch(TRANSACTIONS, batch(i), agg)
-    pipeline.transactions.score_record = score
+    fail_features_of(pipeline, set())
     pipeline.score_batch(TRANSACTIONS, batch(10), agg)  # scored: the count starts again
-    pipeline.transactions.score_record = fail_all
+    fail_features_of(pipeline, None)
     for i in range(UNSCORED_BATCHES_TO_STOP - 1):
         pipeline.score_batch(TRANSACTIONS, batch(20 + i), agg)
     with pytest.raises(RuntimeError, match="no event of the last 3 transactions batches"):
