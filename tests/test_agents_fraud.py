@@ -443,6 +443,30 @@ def test_one_walk_scores_and_learns_like_rivers_half_space_trees(as_sequence):
     assert ours.det.counter == river.counter
 
 
+@pytest.mark.parametrize("size", [1, 31, 32, 77, 500, 1200])
+def test_a_batch_walk_scores_and_learns_as_one_walk_per_view(size):
+    """``score_learn_many`` over batches of ``size`` gives ``score_learn`` of each view in
+    turn: the scores (the first window's 0 an int as River's), the masses and the window
+    counter, across window ends inside a batch (window_size 50, every other view learned)."""
+    from river import anomaly
+
+    from agents.fraud import _HalfSpace
+
+    keys = ("a", "b", "c")
+    one, many = (_HalfSpace(anomaly.HalfSpaceTrees(n_trees=3, height=6, window_size=50,
+                                                   seed=4), keys) for _ in range(2))
+    rng = random.Random(4)
+    views = [tuple(rng.random() ** (3 if k == "a" else 1) for k in keys) for _ in range(3000)]
+    learns = [(i + 1) & 1 for i in range(len(views))]
+    expected = list(map(one.score_learn, views, learns))
+    got = []
+    for start in range(0, len(views), size):
+        got += many.score_learn_many(views[start:start + size], learns[start:start + size])
+    assert got == expected and [type(x) for x in got] == [type(x) for x in expected]
+    assert got[0] == 0 and len(set(got)) > 100
+    assert many.trees == one.trees and many.det.counter == one.det.counter
+
+
 def test_the_array_scaler_has_rivers_numbers_bit_for_bit():
     from river import preprocessing
 
