@@ -349,13 +349,16 @@ class _Scorer:
         raised (the others go on).
 
         The events' features are computed in order, then the detector scores them, then the
-        classifier, in order. A pending event that expires meanwhile (the label TTL passed,
-        or the store over ``max_pending``) is learned in two halves, each where it was: its
-        label-fed features before the next event's features are computed, the classifier
-        when it has scored the event that expired it. Where that order cannot hold, the
-        events so far are finished first (``_finish``): before an event already pending
-        (scored alone, ``score_one``), or one whose label TTL would expire one of them, and
-        where an expiry reaches one of them (an event labelled, then scored again).
+        classifier, in order. A pending event that expires meanwhile is learned in two
+        halves, each where ``score_one`` learns it: its label-fed features at once, the
+        classifier in the classifier's pass, at the event that expired it (before that
+        event's score for an expiry by the label TTL, after it for one by a store over
+        ``max_pending``). Where that order cannot hold, the events so far are finished first
+        (``_finish``), and the event is scored alone (``score_one``) when it is already
+        pending or twice in the batch, when its label TTL would expire one of the batch, or
+        when the store is over ``max_pending`` already; and where an expiry reaches one of
+        the batch (an event labelled, then scored again). A batch of ``max_pending`` events
+        or more, or under ``_HalfSpace.BATCH_MIN``, is scored one event at a time.
         """
         if len(events) < _HalfSpace.BATCH_MIN or len(events) >= self.max_pending:
             return [_result(self.score_one, event) for event in events]
@@ -403,7 +406,8 @@ class _Scorer:
                 if not self._expire(None, after, seg.ids):
                     seg.steps.append((i, t, event_id, v, flags, before, after))
                     seg = self._finish(seg, events, out)
-                    self._expire(None)
+                    if len(pending) > max_pending:
+                        self._expire(None)
                     continue
             seg.steps.append((i, t, event_id, v, flags, before, after))
         self._finish(seg, events, out)
@@ -415,25 +419,26 @@ class _Scorer:
         detector = iter(self._hst.score_learn_many(seg.views, seg.learns))
         pending, expiry, learn = self._pending, self._expiry, self._learn_model
         for i, t, event_id, v, flags, before, after in seg.steps:
-            for entry in before:
-                learn(entry, 0)
-            if v is not None:
-                try:
-                    score, reasons, entry = self._classify(t, v, flags, next(detector),
-                                                           events[i])
+            # (``next(detector)`` first: the walk's results are in the order of ``v``s)
+            detected = next(detector) if v is not None else None
+            try:
+                for entry in before:
+                    learn(entry, 0)
+                if v is not None:
+                    score, reasons, entry = self._classify(t, v, flags, detected, events[i])
                     expiry.append(t, event_id)
                     pending[event_id] = entry
                     out[i] = (score, v, reasons)
-                except Exception as exc:  # its expiry went ahead: learned all the same
-                    out[i] = exc
-            for entry in after:
-                learn(entry, 0)
+                for entry in after:
+                    learn(entry, 0)
+            except Exception as exc:  # as score_one would raise; an eviction for an event
+                out[i] = exc          # that raised went ahead (the store one under its limit)
         return _Segment()
 
     def _classify(self, t: int, v: list[float], flags: int, detector: float,
                   event: dict) -> tuple[float, list[str], bytes]:
-        """The score and reasons of computed features ``v`` (the detector's rank appended to
-        them), and the event's pending entry."""
+        """The score and reasons of computed features ``v``, and the event's pending entry;
+        the detector's rank is appended to ``v`` itself."""
         v.append(self._rank.update(detector))
         if self._n_labels >= self.min_labels:
             if self._stale and (self._learned_since_refresh >= self.REFRESH_EVERY
@@ -626,8 +631,10 @@ class _Scorer:
         when over ``max_pending``).
 
         ``score_many``: with ``later``, only their features, the entries added to ``later``
-        for the classifier; False where it stops before an event id of ``held`` (scored, not
-        pending yet), True when done.
+        for the classifier; False where the next record to pop is of an event id in ``held``
+        (in practice a labelled event's record, the event scored again in the batch and not
+        pending yet), left unpopped, True when done. After False the caller finishes the
+        batch and calls again with the same ``later`` (its entries' features are learned).
         """
         expiry, pending = self._expiry, self._pending
         while expiry:

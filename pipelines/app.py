@@ -494,8 +494,13 @@ class Pipeline:
                 (self.applications, SCORED_APPLICATIONS, "applicant_id", "product",
                  "requested_amount"))
             # scored as a batch (``score_records``: the detector walks the events together),
-            # each event's record or what scoring it raised
-            for event, record in zip(events, scorer.score_records(events, now)):
+            # each event's record or what scoring it raised; a fault of the batch's scoring as
+            # a whole sends each of its events to dead-letter, as one event's would
+            try:
+                records = scorer.score_records(events, now)
+            except Exception as exc:
+                records = [exc] * len(events)
+            for event, record in zip(events, records):
                 try:
                     if isinstance(record, Exception):
                         raise record

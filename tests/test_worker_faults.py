@@ -70,6 +70,25 @@ def test_an_event_that_cannot_be_scored_goes_to_dead_letter_and_the_batch_goes_o
     assert pipeline.transactions.champion.n_pending == n - 1
 
 
+def test_a_batch_whose_scoring_fails_as_a_whole_goes_to_dead_letter_event_by_event(pipeline):
+    """A fault of the batch's scoring as a whole (not of one event's) sends each event to
+    dead-letter with it, as one event's fault would; the worker goes on (until batches fail
+    whole in a row: the next test)."""
+    events = [{**make_transaction(now_ms=T0 + i, event_id=f"e{i}"), "stream": TRANSACTIONS}
+              for i in range(3)]
+
+    def broken(events: list[dict], now: int) -> list:
+        raise FloatingPointError("the batch walk")
+
+    pipeline.transactions.score_records = broken
+    pipeline.score_batch(TRANSACTIONS, events, WindowAggregator(TRANSACTIONS))
+
+    dead = sent(pipeline, DEAD_LETTER)
+    assert [d["event_id"] for d in dead] == ["e0", "e1", "e2"]
+    assert all("FloatingPointError('the batch walk')" in d["reason"] for d in dead)
+    assert sent(pipeline, SCORED_TRANSACTIONS) == []
+
+
 def test_a_stream_whose_batches_fail_whole_stops_the_worker_and_one_poison_event_does_not(
         pipeline):
     """Three batches of a stream in a row with no event scored: the code, not the events, so
