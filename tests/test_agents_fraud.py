@@ -444,10 +444,12 @@ def test_one_walk_scores_and_learns_like_rivers_half_space_trees(as_sequence):
 
 
 @pytest.mark.parametrize("size", [1, 31, 32, 77, 500, 1200])
-def test_a_batch_walk_scores_and_learns_as_one_walk_per_view(size):
+def test_a_batch_walk_scores_and_learns_as_one_walk_per_view(size, monkeypatch):
     """``score_learn_many`` over batches of ``size`` gives ``score_learn`` of each view in
     turn: the scores (the first window's 0 an int as River's), the masses and the window
-    counter, across window ends inside a batch (window_size 50, every other view learned)."""
+    counter, across window ends inside a batch (window_size 50, every other view learned).
+    From ``BATCH_MIN`` views on, as arrays: one at a time only the first batch (the trees
+    are built by the first view) and a shorter one."""
     from river import anomaly
 
     from agents.fraud import _HalfSpace
@@ -459,10 +461,19 @@ def test_a_batch_walk_scores_and_learns_as_one_walk_per_view(size):
     views = [tuple(rng.random() ** (3 if k == "a" else 1) for k in keys) for _ in range(3000)]
     learns = [(i + 1) & 1 for i in range(len(views))]
     expected = list(map(one.score_learn, views, learns))
+    walk_one = _HalfSpace.score_learn
+    one_at_a_time = []
+    monkeypatch.setattr(_HalfSpace, "score_learn", lambda self, x, learn: one_at_a_time.append(
+        x) or walk_one(self, x, learn))
     got = []
     for start in range(0, len(views), size):
         got += many.score_learn_many(views[start:start + size], learns[start:start + size])
     assert got == expected and [type(x) for x in got] == [type(x) for x in expected]
+    # the first batch, and a last one under BATCH_MIN (3,000 in batches of 32 leave 24)
+    tail = len(views) % size
+    assert len(one_at_a_time) == (
+        size + (tail if tail < _HalfSpace.BATCH_MIN else 0)
+        if size >= _HalfSpace.BATCH_MIN else len(views))
     assert got[0] == 0 and len(set(got)) > 100
     assert many.trees == one.trees and many.det.counter == one.det.counter
 
