@@ -30,10 +30,17 @@ def test_a_killed_worker_takes_its_gateway_with_it(tmp_path):
         try:
             gateway = wait_until(lambda: children(worker.proc.pid, GATEWAY), timeout_s=60,
                                  what="the worker's gateway process")[0]
+            # Its watcher runs once the gateway consumes. Killed earlier, between the child's
+            # exec and the worker writing its start data, the child dies of "EOFError: Ran
+            # out of input" before the gateway runs (failed CI once, 2026-12-05; reproduced
+            # by killing the worker as soon as the child shows).
+            wait_until(lambda: "gateway consuming" in worker.log(), timeout_s=60,
+                       what="the gateway consuming")
             worker.kill()  # SIGKILL: the worker cannot stop it
             wait_until(lambda: not alive(gateway), timeout_s=20,
                        what="the gateway to notice its worker died and exit")
-            assert "the worker is gone; the gateway stops" in worker.log()
+            log = worker.log()
+            assert "the worker is gone; the gateway stops" in log, log[-3000:]
         finally:
             worker.stop()
             if gateway is not None and alive(gateway):
