@@ -221,7 +221,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], pin: dict[str, str], l
         # Latency at half load (or the load asked for), events timestamped when produced.
         rate = load_eps or eps / 2
         _say(f"  latency at {rate:,.0f} events/s for {load_s:.0f} s")
-        lat = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]))
+        lat = latency(bootstrap, rate, load_s, Path(env["RISKSTREAM_LAKE_PATH"]), pids)
         rss = {"worker": _proc_peak_rss_mb(worker.process.pid),
                # the spawned gateway: not a snapshot writer forked for a few seconds
                "gateway": sum(_proc_peak_rss_mb(c)
@@ -267,7 +267,9 @@ def fresh_broker_latency(partitions: int, rate: float, load_s: float, env: dict[
                     break
                 last = scored
                 time.sleep(2.0)
-            lat = latency(broker.bootstrap, rate, load_s, fresh / "lake")
+            lat = latency(broker.bootstrap, rate, load_s, fresh / "lake", {
+                "worker": [worker.process.pid], "sink": [sink.process.pid],
+                "gateway": children(worker.process.pid, GATEWAY), "broker": [broker.pid]})
         finally:
             worker.stop()
             sink.stop()
@@ -278,17 +280,22 @@ def _latency_figures(lat: dict) -> dict:
     """The percentiles of what ``latency`` measured, as the JSON holds them."""
     return {"latency_ms": _percentiles(lat["scored"]),
             "latency_to_lake_ms": _percentiles(lat["lake"]),
+            "load_cpu_pct": lat["cpu_pct"],
             "latency_stages_ms": {k: _percentiles(v) for k, v in lat["stages"].items()}}
 
 
-def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
+def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path,
+            processes: dict[str, list[int]] | None = None) -> dict:
     """Offer ``rate_eps`` for ``load_s``; return event-to-scored and event-to-lake latencies
     (``scored``, ``lake``), how late the generator sent each event (``send_lag``), how many
     events were offered on the streams that are scored (``offered``: malformed and duplicate
     ones among them are rejected, not scored) and where the time goes (``stages``): from the
     event time to the gateway's producing it validated, and to the worker's producing its
     scored record (the producers' message timestamps), the rest being the output's linger,
-    the broker and the reader's fetch.
+    the broker and the reader's fetch. ``processes``: the CPU each named group of pids used
+    while the load was offered, in % of a core (``cpu_pct``), with this process's own (the
+    load generator and the reader, ``bench``): on two cores the broker, the gateway, the sink
+    and this process share one, and their sum shows how near it is to full.
 
     Each event is sent when the wall clock reaches its event time, after the measuring
     consumer has joined: the latency is from the moment an event exists to the moment its
@@ -338,8 +345,12 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
 
+    cpu0 = _cpu_s(processes or {})
+    started = time.monotonic()
     send_lag = offer(load, load_start_ms, send)
     producer.flush(30)
+    cpu_pct = {name: round((s - cpu0[name]) / (time.monotonic() - started) * 100, 1)
+               for name, s in _cpu_s(processes or {}).items()}
     # The tail of the load: read until nothing new arrives for 3 s (at most 120 s), so the
     # slowest events are measured rather than left out.
     deadline, seen, quiet_since = time.monotonic() + 120, -1, time.monotonic()
@@ -352,8 +363,14 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path) -> dict:
     consumer.close()
     offered = sum(1 for topic, *_ in load if topic in SCORED_INPUTS)
     return {"scored": scored, "lake": _lake_latencies(lake, load_start_ms),
-            "send_lag": send_lag, "offered": offered,
+            "send_lag": send_lag, "offered": offered, "cpu_pct": cpu_pct,
             "stages": {"gateway_produced": forwarded, "worker_produced": produced}}
+
+
+def _cpu_s(processes: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each named group of pids, and of this process (``bench``)."""
+    return {**{name: sum(map(_proc_cpu_s, pids)) for name, pids in processes.items() if pids},
+            "bench": time.process_time()}
 
 
 def offer(load: list[tuple[str, bytes, bytes, int]], start_ms: int,
@@ -512,13 +529,14 @@ def report(r: dict) -> str:
          f"{stages['gateway_produced']['p50']} / p99 {stages['gateway_produced']['p99']} ms, "
          f"the worker its scored record by p50 "
          f"{stages['worker_produced']['p50']} / p99 {stages['worker_produced']['p99']} ms"),
+        _cpu_line(r["load_cpu_pct"]),
         f"  latency to the lake: p50 {lake['p50']} ms, p95 {lake['p95']} ms, p99 {lake['p99']} ms",
         *([(f"  the same load on a fresh embedded broker (Tansu's cost per fetch grows with what "
             f"it holds; a Kafka cluster's does not): to scored p50 {fresh['latency_ms']['p50']} "
             f"/ p95 {fresh['latency_ms']['p95']} / p99 {fresh['latency_ms']['p99']} ms "
             f"(n={fresh['latency_ms']['n']:,}), the worker's producing it p99 "
             f"{fresh['latency_stages_ms']['worker_produced']['p99']} ms, to the lake p99 "
-            f"{fresh['latency_to_lake_ms']['p99']} ms")]
+            f"{fresh['latency_to_lake_ms']['p99']} ms"), _cpu_line(fresh["load_cpu_pct"])]
           if (fresh := r.get("fresh_broker")) else []),
         (f"  (the load generator sent events late by p50 {r['load_send_lag_ms']['p50']} ms, "
         f"p99 {r['load_send_lag_ms']['p99']} ms: part of the latencies above)"),
@@ -533,6 +551,16 @@ def report(r: dict) -> str:
            f"{r['state_memory']['snapshot_build_extra_mb']:.0f} MiB more)")]
           if "state_memory" in r else []),
     ])
+
+
+def _cpu_line(pct: dict[str, float]) -> str:
+    """CPU while the load was offered. Pinned, every process but the worker shares one core:
+    their sum near 100 % is that core full, and every hop through it waits."""
+    others = sum(v for name, v in pct.items() if name != "worker")
+    return ("    CPU while the load was offered, % of a core: "
+            + ", ".join(f"{'this process (load, reader)' if name == 'bench' else name} {v:.0f}"
+                        for name, v in pct.items())
+            + f"; all but the worker {others:.0f}")
 
 
 # What ``--repeat`` summarises: (label, path into a run's result, format). Machines are noisy

@@ -127,6 +127,11 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     assert fresh["latency_stages_ms"]["worker_produced"]["n"] == fresh["latency_ms"]["n"]
     assert fresh["latency_to_lake_ms"]["n"] > 0
     assert "on a fresh embedded broker" in run.stdout
+    # CPU while the load was offered, per process, this one (the load and its reader) too
+    for cpu in (r["load_cpu_pct"], fresh["load_cpu_pct"]):
+        assert set(cpu) == {"worker", "gateway", "sink", "broker", "bench"}
+        assert cpu["worker"] > 0 and cpu["bench"] > 0
+    assert run.stdout.count("CPU while the load was offered, % of a core: worker") == 2
     assert set(r["rss_mb"]) == {"worker", "gateway", "sink"}
     assert all(mb > 0 for mb in r["rss_mb"].values())
     assert "(4)/(3)" in run.stdout and "latency at 400 events/s" in run.stdout
