@@ -15,6 +15,7 @@ from pipelines.settings import PiiSettings, ValidationSettings
 from schemas.pii import (
     DEVELOPMENT_KEY,
     MAX_REDACTED_BYTES,
+    REDACTED,
     PiiHasher,
     is_valid_ssn,
     mask_name,
@@ -241,6 +242,22 @@ def test_redact_raw_ssn_cut_by_truncation_is_not_left_partly():
     # Redaction runs before the cut, so no SSN survives in part at the 4 KiB boundary.
     raw = b"x" * (MAX_REDACTED_BYTES - 30) + b" 078-05-1120 " + b"y" * 100
     assert "078-05" not in redact_raw("transactions", raw)
+
+
+def test_redact_raw_of_a_large_message_redacts_what_it_keeps_and_gives_the_whole_size():
+    # Only the kept head is searched for SSNs; the marker still gives the whole text's size.
+    value = {"note": "ref 078051120 and 078-05-1120", "pad": "x" * 100_000,
+             "tail": "078-05-1120"}
+    raw = encode(value)
+    text = redact_raw("transactions", raw)
+    assert len(text.encode()) <= MAX_REDACTED_BYTES
+    assert "078" not in text and text.count(REDACTED) == 2
+    assert text.endswith(f"...[truncated, {len(raw)} bytes]")
+    # the same for text that is not JSON, and SSNs near the end of what is kept
+    raw = b"x" * (MAX_REDACTED_BYTES - 200) + b" 078051120" * 30 + b"y" * 100_000
+    text = redact_raw("transactions", raw)
+    assert "0780" not in text and REDACTED in text
+    assert len(text.encode()) <= MAX_REDACTED_BYTES
 
 
 def test_docstring_examples():
