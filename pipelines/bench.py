@@ -454,11 +454,13 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
     cpus = placement.plan(1, enabled=settings.service.pin_workers)
     unplaced = placement.take_shared(cpus) if cpus else None
     pin = cpus.worker_env(0) if cpus else {}
+    partitions = settings.kafka.partitions
     try:
         if not bootstrap:
             broker = EmbeddedBroker(log_path=work / "broker.log").start()
             bootstrap = broker.bootstrap
-        ensure_topics(bootstrap, partitions=settings.kafka.partitions)
+            partitions = settings.kafka.embedded_partitions()  # as `riskstream up` has them
+        ensure_topics(bootstrap, partitions=partitions)
         _say(f"bench: {events:,} events on {bootstrap}; work dir {work}; "
              f"{cpus.describe() if cpus else 'processes not pinned'}")
         _say("1/5 generating and producing ...")
@@ -471,10 +473,12 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
         ceiling_eps = ceiling(bootstrap, events)
         _say("4/5 full pipeline: worker + sink ...")
         env = {**os.environ, "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+               "RISKSTREAM_KAFKA_PARTITIONS": str(partitions),
                "RISKSTREAM_LAKE_PATH": str(work / "lake"),
                "RISKSTREAM_STATE_DIR": str(work / "state"),
                "RISKSTREAM_LAKE_FLUSH_INTERVAL_S": "1", "RISKSTREAM_LOG_LEVEL": "WARNING"}
         result = {"events": events, "bootstrap": "embedded" if broker else "external",
+                  "partitions": partitions,
                   "cpus": cpus.describe() if cpus else None,
                   # every stage runs on this interpreter: two builds of 3.11 differ by ~13 %
                   "python": interpreter.describe(),
@@ -485,7 +489,7 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
         if broker is not None:
             _say("   latency again on a fresh embedded broker (new worker and sink) ...")
             result["fresh_broker"] = fresh_broker_latency(
-                settings.kafka.partitions, result["offered_load_eps"], load_s, env, pin, work)
+                partitions, result["offered_load_eps"], load_s, env, pin, work)
         _say("5/5 the scoring path alone, in process ...")
         result["scoring_eps"] = scoring_path(events, pin)["scoring_eps"]
         if state:
@@ -508,7 +512,8 @@ def run_bench(settings: Settings, *, events: int, json_out: Path | None,
 def report(r: dict) -> str:
     lat, lake, stages = r["latency_ms"], r["latency_to_lake_ms"], r["latency_stages_ms"]
     return "\n".join([
-        f"riskstream bench: {r['events']:,} mixed events ({r['bootstrap']} broker; "
+        f"riskstream bench: {r['events']:,} mixed events ({r['bootstrap']} broker, "
+        f"{r['partitions']} partitions per topic; "
         f"{r['cpus'] or 'processes not pinned'})",
         f"  Python {r['python']['version']} ({r['python']['executable']})",
         f"  produce                         {r['produce_eps']:>12,.0f} events/s",

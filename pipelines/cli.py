@@ -47,8 +47,10 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = _stop_on_signals()
     with EmbeddedBroker(port=args.port) as broker:
-        ensure_topics(broker.bootstrap, partitions=settings.kafka.partitions)
-        print(f"embedded broker: RISKSTREAM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+        partitions = settings.kafka.embedded_partitions()
+        ensure_topics(broker.bootstrap, partitions=partitions)
+        print(f"embedded broker: RISKSTREAM_KAFKA_BOOTSTRAP={broker.bootstrap} "
+              f"RISKSTREAM_KAFKA_PARTITIONS={partitions}", flush=True)
         stop.wait()
     return 0
 

@@ -267,14 +267,18 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
         placement.take_shared(cpus)
     broker: EmbeddedBroker | None = None
     bootstrap = settings.kafka.bootstrap
+    partitions = settings.kafka.partitions
     if not bootstrap:
         broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
         bootstrap = broker.bootstrap
+        partitions = settings.kafka.embedded_partitions(workers)
     children: list[Child] = []
     try:
-        ensure_topics(bootstrap, partitions=settings.kafka.partitions,
+        ensure_topics(bootstrap, partitions=partitions,
                       replication_factor=settings.kafka.replication_factor)
+        # the children expect the topics' partitions: they are told, not left to the default
         env = {**os.environ, "RISKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+               "RISKSTREAM_KAFKA_PARTITIONS": str(partitions),
                "RISKSTREAM_LAKE_PATH": str(lake), "PYTHONUNBUFFERED": "1"}
         specs = [(f"worker-{i}" if workers > 1 else "worker", ["worker"],
                   cpus.worker_env(i) if cpus else {}) for i in range(workers)]
@@ -297,7 +301,8 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
                             page=lambda: _status_page(status))
         host, port = page.server_address[:2]
         print(f"riskstream is up\n"
-              f"  broker      {bootstrap}{' (embedded Tansu, in memory)' if broker else ''}\n"
+              f"  broker      {bootstrap}"
+              f"{f' (embedded Tansu, in memory, {partitions} partitions per topic)' if broker else ''}\n"
               f"  lake        {lake}\n"
               f"  dashboard   http://{host}:{port}/   (live; JSON /api/v1/metrics, SSE "
               f"/api/v1/metrics/realtime, status /api/v1/status)\n"

@@ -105,6 +105,7 @@ def test_bench_runs_every_phase_and_writes_the_json(tmp_path: Path) -> None:
     assert r["cpu_s_per_1000_events"] == pytest.approx(
         by_process["worker"] + by_process["gateway"] + by_process["sink"])
     assert r["events"] == 4000 and r["bootstrap"] == "embedded"
+    assert r["partitions"] == 2 and "embedded broker, 2 partitions per topic" in run.stdout
     # which build of Python it measured: figures from two builds are not comparable
     base = os.path.realpath(sys._base_executable)  # the interpreter, not the venv's link
     assert r["python"]["executable"] == base

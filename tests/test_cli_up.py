@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,12 +19,22 @@ from confluent_kafka.admin import AdminClient
 from processes import GATEWAY, ROOT, STATUS_LINE, alive, children, start_up, wait_until
 
 from pipelines.broker import EmbeddedBroker, ensure_topics
+from pipelines.settings import KafkaSettings
 from pipelines.simulator import SimConfig, Simulator
 from pipelines.topics import INPUT_TOPICS, LABELS, OUTPUT_TOPICS
 from schemas.common import parse_event_time
 from sinks.clickhouse import query_rows
 
 pytestmark = pytest.mark.integration
+
+
+def test_the_embedded_broker_has_two_partitions_a_topic_unless_told(monkeypatch):
+    monkeypatch.delenv("RISKSTREAM_KAFKA_PARTITIONS", raising=False)
+    assert KafkaSettings().partitions == 4  # a cluster's: room for four workers
+    assert KafkaSettings().embedded_partitions() == 2
+    assert KafkaSettings().embedded_partitions(workers=3) == 3  # one each at least
+    monkeypatch.setenv("RISKSTREAM_KAFKA_PARTITIONS", "4")
+    assert KafkaSettings().embedded_partitions() == 4
 
 
 def _cpus_of_threads(pid: int) -> set[int]:
@@ -51,6 +62,12 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
         with urllib.request.urlopen(page + "api/v1/status", timeout=5) as r:
             status = json.load(r)
         assert status["events_in"]["transactions"] > 0
+        # The embedded broker's topics have 2 partitions, and the workers were told so.
+        bootstrap = re.search(r"broker +(\S+) \(embedded Tansu, in memory, 2 partitions per "
+                              r"topic\)", out_path.read_text()).group(1)
+        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+        assert {len(topics[t].partitions) for t in (*INPUT_TOPICS, *OUTPUT_TOPICS)} == {2}
+        assert "expected 4" not in (tmp_path / "state" / "logs" / "worker.log").read_text()
         pids = [p["pid"] for p in status["processes"].values()] + [status["broker_pid"]]
         gateway = children(status["processes"]["worker"]["pid"], GATEWAY)
         assert len(gateway) == 1
