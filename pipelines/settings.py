@@ -70,7 +70,6 @@ class KafkaSettings(BaseSettings):
     # table in parts: under a broker's message size limit (Kafka's default 1 MiB).
     checkpoint_chunk_bytes: int = Field(256 * 1024, ge=1024)
 
-
     def embedded_partitions(self, workers: int = 1) -> int:
         """Partitions of the topics on the embedded broker: ``partitions`` when it is set,
         else ``EMBEDDED_PARTITIONS``, or ``workers`` if more (each worker needs one).

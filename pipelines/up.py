@@ -300,9 +300,10 @@ def run_up(settings: Settings, *, duration_s: float | None, rate_eps: float, wor
                             settings.service.status_port, dashboard,
                             page=lambda: _status_page(status))
         host, port = page.server_address[:2]
+        embedded = (f" (embedded Tansu, in memory, {partitions} partitions per topic)"
+                    if broker else "")
         print(f"riskstream is up\n"
-              f"  broker      {bootstrap}"
-              f"{f' (embedded Tansu, in memory, {partitions} partitions per topic)' if broker else ''}\n"
+              f"  broker      {bootstrap}{embedded}\n"
               f"  lake        {lake}\n"
               f"  dashboard   http://{host}:{port}/   (live; JSON /api/v1/metrics, SSE "
               f"/api/v1/metrics/realtime, status /api/v1/status)\n"
