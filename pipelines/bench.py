@@ -196,7 +196,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], pin: dict[str, str], l
                 pids = {"worker": [worker.process.pid], "sink": [sink.process.pid],
                         "gateway": children(worker.process.pid, GATEWAY),
                         "broker": [broker_pid] if broker_pid else []}
-                cpu0 = {name: sum(map(_proc_cpu_s, ps)) for name, ps in pids.items()}
+                cpu0 = _cpu_of(pids)
             handled = (total(w, "riskstream_scored_total") + total(w, "riskstream_rejected_total")
                        + total(w, "riskstream_validated_total", stream="labels"))
             if first and read >= n and handled >= n:
@@ -214,8 +214,7 @@ def pipeline(bootstrap: str, n: int, env: dict[str, str], pin: dict[str, str], l
             _say(f"  warning: the backlog took {done - first:.2f} s, too short to time: "
                  "pass more --events")
         # per 1,000 events, by process; the total is the pipeline's own (the broker apart)
-        cpu = {name: (sum(map(_proc_cpu_s, pids[name])) - c) / n * 1000
-               for name, c in cpu0.items() if pids[name]}
+        cpu = {name: (s - cpu0[name]) / n * 1000 for name, s in _cpu_of(pids).items()}
         cpu_per_1000 = sum(cpu.get(name, 0.0) for name in ("worker", "gateway", "sink"))
 
         # Latency at half load (or the load asked for), events timestamped when produced.
@@ -367,10 +366,14 @@ def latency(bootstrap: str, rate_eps: float, load_s: float, lake: Path,
             "stages": {"gateway_produced": forwarded, "worker_produced": produced}}
 
 
+def _cpu_of(processes: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each named group of pids (groups without a pid left out)."""
+    return {name: sum(map(_proc_cpu_s, pids)) for name, pids in processes.items() if pids}
+
+
 def _cpu_s(processes: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds so far of each named group of pids, and of this process (``bench``)."""
-    return {**{name: sum(map(_proc_cpu_s, pids)) for name, pids in processes.items() if pids},
-            "bench": time.process_time()}
+    """``_cpu_of``, and this process's own (``bench``)."""
+    return {**_cpu_of(processes), "bench": time.process_time()}
 
 
 def offer(load: list[tuple[str, bytes, bytes, int]], start_ms: int,

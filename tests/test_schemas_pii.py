@@ -244,12 +244,23 @@ def test_redact_raw_ssn_cut_by_truncation_is_not_left_partly():
     assert "078-05" not in redact_raw("transactions", raw)
 
 
-def test_redact_raw_of_a_large_message_redacts_what_it_keeps_and_gives_the_whole_size():
+def test_redact_raw_of_a_large_message_redacts_what_it_keeps_and_gives_the_whole_size(
+        monkeypatch):
     # Only the kept head is searched for SSNs; the marker still gives the whole text's size.
+    searched: list[int] = []
+    ssn_like = schemas.pii.SSN_LIKE
+
+    class Counting:
+        def sub(self, repl, text):
+            searched.append(len(text))
+            return ssn_like.sub(repl, text)
+
+    monkeypatch.setattr(schemas.pii, "SSN_LIKE", Counting())
     value = {"note": "ref 078051120 and 078-05-1120", "pad": "x" * 100_000,
              "tail": "078-05-1120"}
     raw = encode(value)
     text = redact_raw("transactions", raw)
+    assert searched == [2 * MAX_REDACTED_BYTES]  # not the 100 KB
     assert len(text.encode()) <= MAX_REDACTED_BYTES
     assert "078" not in text and text.count(REDACTED) == 2
     assert text.endswith(f"...[truncated, {len(raw)} bytes]")
